@@ -1,0 +1,63 @@
+"""Command line: ``python -m ocpp_addon [--config FILE]`` (also the ``ocpp-addon`` script)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import __version__, config as config_module
+from .app import run
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ocpp-addon", description="OCPP 1.6J central system bridged to MQTT and Home Assistant")
+    parser.add_argument("--config", "-c", help="YAML config file (default: built-in defaults + environment)")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The ocpp library logs every frame at INFO and tracebacks for bad frames; we log our own lines.
+    logging.getLogger("ocpp").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.INFO if level == "debug" else logging.WARNING)
+    logging.getLogger("paho.mqtt").setLevel(logging.WARNING)
+
+
+async def _main(config: dict) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(config, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as err:
+        print(f"ocpp-addon: configuration error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("configuration OK")
+        return 0
+    setup_logging(config["log_level"])
+    try:
+        asyncio.run(_main(config))
+    except OSError as err:  # e.g. the OCPP port is taken
+        logging.getLogger("ocpp_addon").error("cannot start: %s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

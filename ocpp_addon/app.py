@@ -1,0 +1,84 @@
+"""Builds the parts from the config, runs them, and shuts them down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from .broker import BrokerError, EmbeddedBroker
+from .central_system import CentralSystem
+from .homeassistant import HomeAssistantSink
+from .hub import Hub
+from .mqtt_bridge import MqttBridge
+from .store import Store
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _broker_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+class App:
+    """The running service; ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.store = Store(config["data_dir"])
+        self.hub = Hub(config, self.store)
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt = MqttBridge(config)
+        self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
+        self.hub.add_sink(self.homeassistant)
+        self.central_system = CentralSystem(config, self.hub)
+
+    async def start(self) -> None:
+        mqtt_cfg = self.config["mqtt"]
+        if (
+            mqtt_cfg["embedded_broker"]
+            and mqtt_cfg["host"] in ("localhost", "127.0.0.1")
+            and not await asyncio.to_thread(_broker_answers, mqtt_cfg["host"], mqtt_cfg["port"])
+        ):
+            broker = EmbeddedBroker(mqtt_cfg["port"], self.config["data_dir"])
+            try:
+                await broker.start()
+                self.broker = broker
+            except BrokerError as err:
+                _LOGGER.error("%s", err)
+        self.homeassistant.start()
+        await self.mqtt.start()
+        await self.central_system.start()
+        ocpp = self.config["ocpp"]
+        _LOGGER.info(
+            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, base topic '%s'",
+            self.central_system.scheme, ocpp["host"], self.central_system.port, ocpp["path_prefix"],
+            mqtt_cfg["host"], mqtt_cfg["port"], " (embedded mosquitto)" if self.broker else "", mqtt_cfg["base_topic"],
+        )
+
+    async def stop(self) -> None:
+        _LOGGER.info("stopping")
+        connected = list(self.hub.connected)
+        await self.central_system.close()
+        await self.hub.close()
+        for charger_id in connected:  # no stale 'online' for chargers we just dropped
+            self.mqtt.publish(f"{self.config['mqtt']['base_topic']}/{charger_id}/availability", "offline", retain=True, qos=1)
+        self.store.save()
+        await self.mqtt.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        _LOGGER.info("stopped")
+
+
+async def run(config: dict[str, Any], stop: asyncio.Event) -> None:
+    app = App(config)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()

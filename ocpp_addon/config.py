@@ -1,0 +1,314 @@
+"""Configuration: one voluptuous schema, several sources.
+
+Sources, lowest precedence first: schema defaults < YAML file (or the add-on's
+options.json) < BEMcom environment variables. Every error names the key path,
+the value that was given and what is allowed, so a user can fix it without
+reading code; loading fails before any port is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import voluptuous as vol
+import yaml
+
+CHARGER_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
+CHARGER_ID_RE = re.compile(rf"^{CHARGER_ID_PATTERN}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+UNITS = ("A", "W")
+PURPOSES = ("TxDefaultProfile", "ChargePointMaxProfile", "TxProfile")
+KINDS = ("Absolute", "Relative", "Recurring")
+# Per-unit slider defaults: 6-32 A is the IEC 61851 range, 22 kW a three-phase 32 A wallbox.
+UNIT_DEFAULTS = {"A": {"max": 32.0, "step": 1.0}, "W": {"max": 22000.0, "step": 100.0}}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+def _topic_level(value: Any) -> str:
+    """An MQTT topic prefix: no wildcards, no empty levels, no leading/trailing slash."""
+    text = vol.Coerce(str)(value)
+    if not text or any(c in text for c in "+#\0") or text.startswith("/") or text.endswith("/") or "//" in text:
+        raise vol.Invalid("expected an MQTT topic prefix without '+', '#', empty levels or leading/trailing '/'")
+    return text
+
+
+def _path_prefix(value: Any) -> str:
+    text = vol.Coerce(str)(value).strip("/")
+    if text and not re.fullmatch(r"[A-Za-z0-9._~/-]+", text):
+        raise vol.Invalid("expected a URL path such as 'ocpp' (letters, digits, '.', '_', '~', '-', '/')")
+    return f"/{text}" if text else ""
+
+
+def _finite(value: Any) -> float:
+    number = vol.Coerce(float)(value)
+    if not math.isfinite(number):
+        raise vol.Invalid("expected a finite number")
+    return number
+
+
+def _charger_id(value: Any) -> str:
+    text = vol.Coerce(str)(value)
+    if not CHARGER_ID_RE.match(text):
+        raise vol.Invalid(f"expected a charge point id matching {CHARGER_ID_PATTERN}")
+    return text
+
+
+PORT = vol.All(vol.Coerce(int), vol.Range(min=1, max=65535))
+POSITIVE_SECONDS = vol.All(_finite, vol.Range(min=0.1, max=86400))
+
+PROFILE_SCHEMA = vol.Schema(
+    {
+        vol.Optional("purpose", default="TxDefaultProfile"): vol.In(PURPOSES),
+        vol.Optional("kind", default="Absolute"): vol.In(KINDS),
+        vol.Optional("recurrency_kind", default="Daily"): vol.In(("Daily", "Weekly")),
+        vol.Optional("stack_level", default=0): vol.All(vol.Coerce(int), vol.Range(min=0, max=1000)),
+        vol.Optional("connector_id", default=0): vol.All(vol.Coerce(int), vol.Range(min=0, max=100)),
+        vol.Optional("profile_id", default=None): vol.Any(None, vol.All(vol.Coerce(int), vol.Range(min=1))),
+        # Unit sent to the charger; None means "the slider's unit".
+        vol.Optional("unit", default=None): vol.Any(None, vol.In(UNITS)),
+        vol.Optional("number_phases", default=None): vol.Any(None, vol.All(vol.Coerce(int), vol.Range(min=1, max=3))),
+    }
+)
+
+SCHEMA = vol.Schema(
+    {
+        vol.Optional("log_level", default="info"): vol.All(vol.Lower, vol.In(LOG_LEVELS)),
+        vol.Optional("data_dir", default="data"): vol.Coerce(str),
+        vol.Optional("ocpp", default={}): {
+            vol.Optional("host", default="0.0.0.0"): vol.Coerce(str),
+            vol.Optional("port", default=9000): PORT,
+            vol.Optional("path_prefix", default=""): _path_prefix,
+            vol.Optional("heartbeat_interval", default=300): vol.All(vol.Coerce(int), vol.Range(min=10, max=86400)),
+            vol.Optional("response_timeout", default=30): POSITIVE_SECONDS,
+            vol.Optional("ping_interval", default=20): POSITIVE_SECONDS,
+            vol.Optional("ping_timeout", default=20): POSITIVE_SECONDS,
+            # Seconds to wait for a BootNotification before talking to a charger that never sends one.
+            vol.Optional("boot_wait", default=5): POSITIVE_SECONDS,
+            vol.Optional("require_subprotocol", default=False): vol.Boolean(),
+            vol.Optional("max_message_size", default=65536): vol.All(vol.Coerce(int), vol.Range(min=1024, max=16 * 2**20)),
+            vol.Optional("ssl_certfile", default=None): vol.Any(None, vol.Coerce(str)),
+            vol.Optional("ssl_keyfile", default=None): vol.Any(None, vol.Coerce(str)),
+        },
+        vol.Optional("mqtt", default={}): {
+            vol.Optional("host", default="localhost"): vol.Coerce(str),
+            vol.Optional("port", default=1883): PORT,
+            vol.Optional("username", default=None): vol.Any(None, vol.Coerce(str)),
+            vol.Optional("password", default=None): vol.Any(None, vol.Coerce(str)),
+            vol.Optional("client_id", default="ocpp-addon"): vol.All(vol.Coerce(str), vol.Length(min=1, max=64)),
+            vol.Optional("base_topic", default="ocpp"): _topic_level,
+            vol.Optional("discovery", default=True): vol.Boolean(),
+            vol.Optional("discovery_prefix", default="homeassistant"): _topic_level,
+            vol.Optional("keepalive", default=60): vol.All(vol.Coerce(int), vol.Range(min=5, max=3600)),
+            vol.Optional("ssl", default=False): vol.Boolean(),
+            # Start Debian's mosquitto on localhost when no broker answers (standalone quick start).
+            vol.Optional("embedded_broker", default=True): vol.Boolean(),
+        },
+        vol.Optional("charging", default={}): {
+            vol.Optional("unit", default="A"): vol.In(UNITS),
+            vol.Optional("min", default=0): _finite,
+            vol.Optional("max", default=None): vol.Any(None, _finite),
+            vol.Optional("step", default=None): vol.Any(None, vol.All(_finite, vol.Range(min=0.1))),
+            vol.Optional("voltage", default=230): vol.All(_finite, vol.Range(min=50, max=500)),
+            vol.Optional("phases", default=3): vol.All(vol.Coerce(int), vol.Range(min=1, max=3)),
+            vol.Optional("profile", default={}): PROFILE_SCHEMA,
+        },
+        vol.Optional("bemcom", default={}): {
+            vol.Optional("enabled", default=False): vol.Boolean(),
+            vol.Optional("connector_name", default="ocpp-connector"): _topic_level,
+            vol.Optional("send_raw_message_to_db", default=False): vol.Boolean(),
+            vol.Optional("actuators", default=["execute_send_charging_profile"]): [
+                vol.All(vol.Coerce(str), vol.Match(r"^execute_[a-z_]+$", msg="expected a command name starting with 'execute_'"))
+            ],
+            vol.Optional("legacy_keys", default=False): vol.Boolean(),
+            vol.Optional("heartbeat_interval", default=30): POSITIVE_SECONDS,
+        },
+    }
+)
+
+
+def _describe(error: vol.Invalid, data: Any, prefix: str = "") -> str:
+    path = [prefix] if prefix else []
+    path += [str(p) for p in error.path]
+    key = ".".join(path) or "<top level>"
+    value: Any = data
+    found = True
+    for part in error.path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            found = False
+            break
+    message = error.msg
+    if "extra keys not allowed" in message:
+        parent = _allowed_keys(error.path[:-1])
+        allowed = f"; allowed keys here: {', '.join(parent)}" if parent else ""
+        return f"{key}: unknown key{allowed}"
+    given = f" = {value!r}" if found else ""
+    return f"{key}{given}: {message}"
+
+
+def _allowed_keys(path: list[Any]) -> list[str]:
+    schema: Any = SCHEMA.schema
+    for part in path:
+        match = next((v for k, v in schema.items() if str(k) == str(part)), None) if isinstance(schema, dict) else None
+        if match is None:
+            return []
+        schema = match.schema if isinstance(match, vol.Schema) else match
+    return sorted(str(k) for k in schema) if isinstance(schema, dict) else []
+
+
+def validate(data: Any) -> dict[str, Any]:
+    """Validate a raw mapping and return the config with every default filled in."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: expected a mapping of keys at the top level, got {type(data).__name__}")
+    try:
+        config = SCHEMA(dict(data))
+    except vol.MultipleInvalid as err:
+        raise ConfigError("; ".join(_describe(e, data) for e in err.errors)) from None
+    charging = config["charging"]
+    defaults = UNIT_DEFAULTS[charging["unit"]]
+    if charging["max"] is None:
+        charging["max"] = defaults["max"]
+    if charging["step"] is None:
+        charging["step"] = defaults["step"]
+    if not charging["min"] < charging["max"]:
+        raise ConfigError(f"charging.min = {charging['min']!r}: must be below charging.max ({charging['max']!r})")
+    if charging["min"] < 0:
+        raise ConfigError(f"charging.min = {charging['min']!r}: must be 0 or more")
+    ocpp = config["ocpp"]
+    if bool(ocpp["ssl_certfile"]) != bool(ocpp["ssl_keyfile"]):
+        raise ConfigError("ocpp.ssl_certfile/ssl_keyfile: give both for TLS (wss), or neither")
+    return config
+
+
+def profile_from_ocpp(value: Any, source: str = "OCPP_PROFILE") -> dict[str, Any]:
+    """Turn an OCPP_PROFILE (a csChargingProfiles object, as BEMcom documents it) into our profile keys.
+
+    Only the shape is taken (purpose, kind, stack level, unit, id, recurrency); the
+    limit in the template is replaced by each setpoint.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: expected a JSON object like {{\"chargingProfilePurpose\": \"TxDefaultProfile\", ...}}, got {value!r}")
+    schedule = value.get("chargingSchedule") or {}
+    if not isinstance(schedule, Mapping):
+        raise ConfigError(f"{source}.chargingSchedule = {schedule!r}: expected a JSON object")
+    mapping = {
+        "chargingProfilePurpose": "purpose",
+        "chargingProfileKind": "kind",
+        "recurrencyKind": "recurrency_kind",
+        "stackLevel": "stack_level",
+        "chargingProfileId": "profile_id",
+        "connectorId": "connector_id",
+    }
+    profile: dict[str, Any] = {ours: value[theirs] for theirs, ours in mapping.items() if theirs in value}
+    if profile.get("profile_id") == 0:
+        profile["profile_id"] = None  # 0 is BEMcom's placeholder; we pick a stable id
+    if "chargingRateUnit" in schedule:
+        profile["unit"] = schedule["chargingRateUnit"]
+    periods = schedule.get("chargingSchedulePeriod") or []
+    if periods and isinstance(periods, list) and isinstance(periods[0], Mapping) and "numberPhases" in periods[0]:
+        profile["number_phases"] = periods[0]["numberPhases"]
+    try:
+        return PROFILE_SCHEMA(profile)
+    except vol.MultipleInvalid as err:
+        raise ConfigError("; ".join(_describe(e, profile, source) for e in err.errors)) from None
+
+
+def _json_env(env: Mapping[str, str], name: str) -> Any:
+    try:
+        return json.loads(env[name])
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{name} = {env[name]!r}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def ocpp_config_actuators(value: Any) -> list[str]:
+    """BEMcom's OCPP_CONFIG: a JSON array (or object whose keys are) command names starting with 'execute_'."""
+    if isinstance(value, Mapping):
+        value = list(value)
+    if isinstance(value, str):
+        raise ConfigError(
+            f"OCPP_CONFIG = {value!r}: expected a JSON array of command names, e.g. "
+            '["execute_send_charging_profile", "execute_trigger_message"]'
+        )
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("execute_") for v in value):
+        raise ConfigError(f"OCPP_CONFIG = {value!r}: expected a JSON array of strings starting with 'execute_'")
+    return value
+
+
+def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay the BEMcom connector's environment variables onto raw (unvalidated) config data."""
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for section in ("ocpp", "mqtt", "charging", "bemcom"):
+        data.setdefault(section, {})
+    if "CONNECTOR_NAME" in env:
+        data["bemcom"]["connector_name"] = env["CONNECTOR_NAME"]
+        data["bemcom"]["enabled"] = True
+    if "MQTT_BROKER_HOST" in env:
+        data["mqtt"]["host"] = env["MQTT_BROKER_HOST"]
+    if "MQTT_BROKER_PORT" in env:
+        data["mqtt"]["port"] = env["MQTT_BROKER_PORT"]
+    if "OCPP_PORT" in env:
+        data["ocpp"]["port"] = env["OCPP_PORT"]
+    if "DEBUG" in env:
+        data["log_level"] = "debug" if env["DEBUG"] == "TRUE" else data.get("log_level", "info")
+    if "SEND_RAW_MESSAGE_TO_DB" in env:
+        data["bemcom"]["send_raw_message_to_db"] = env["SEND_RAW_MESSAGE_TO_DB"] == "TRUE"
+    if "OCPP_PROFILE" in env and env["OCPP_PROFILE"].strip():
+        data["charging"]["profile"] = profile_from_ocpp(_json_env(env, "OCPP_PROFILE"))
+    if "OCPP_CONFIG" in env and env["OCPP_CONFIG"].strip():
+        try:
+            parsed = json.loads(env["OCPP_CONFIG"])
+        except json.JSONDecodeError:
+            parsed = env["OCPP_CONFIG"]  # a bare string gets the clear message below
+        data["bemcom"]["actuators"] = ocpp_config_actuators(parsed)
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; syntax errors name the file, line and column."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file {path}:{where}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Load and validate the configuration from a file (optional) and the environment."""
+    env = os.environ if env is None else env
+    data = read_yaml(path) if path else {}
+    return validate(apply_environment(data, env))
+
+
+def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy that is safe to log: passwords replaced."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out[key] = redacted(value)
+        elif "password" in key and value:
+            out[key] = "***"
+        else:
+            out[key] = value
+    return out

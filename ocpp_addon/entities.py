@@ -1,0 +1,67 @@
+"""What we expose per charger, as data: one row per entity.
+
+Home Assistant discovery and the state JSON are both generated from this
+table, so adding a sensor is one line here (the Home Assistant core
+"EntityDescription" pattern).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EntityDescription:
+    key: str
+    name: str
+    platform: str = "sensor"
+    device_class: str | None = None
+    state_class: str | None = None
+    unit: str | None = None
+    category: str | None = None  # "diagnostic" | "config" | None (main dashboard)
+    icon: str | None = None
+    precision: int | None = None
+    # Announced only once the charger has reported a value (per-phase readings,
+    # extras): a single-phase charger gets no empty L2/L3 entities.
+    dynamic: bool = False
+
+
+def _power(key: str, name: str, dynamic: bool = True) -> EntityDescription:
+    return EntityDescription(key, name, device_class="power", state_class="measurement", unit="W", precision=0, dynamic=dynamic)
+
+
+def _current(key: str, name: str, dynamic: bool = True) -> EntityDescription:
+    return EntityDescription(key, name, device_class="current", state_class="measurement", unit="A", precision=1, dynamic=dynamic)
+
+
+def _voltage(key: str, name: str, dynamic: bool = True) -> EntityDescription:
+    return EntityDescription(key, name, device_class="voltage", state_class="measurement", unit="V", precision=0, dynamic=dynamic)
+
+
+SENSORS: tuple[EntityDescription, ...] = (
+    EntityDescription("status", "Status", icon="mdi:ev-station"),
+    EntityDescription("error_code", "Error code", category="diagnostic", icon="mdi:alert-circle-outline"),
+    _power("power", "Power", dynamic=False),
+    EntityDescription("energy", "Energy", device_class="energy", state_class="total_increasing", unit="kWh", precision=2),
+    _current("current", "Current", dynamic=False),
+    _voltage("voltage", "Voltage", dynamic=False),
+    EntityDescription("soc", "State of charge", device_class="battery", state_class="measurement", unit="%", precision=0),
+    EntityDescription("temperature", "Temperature", device_class="temperature", state_class="measurement", unit="°C", precision=1),
+    _current("current_offered", "Current offered", dynamic=False),
+    EntityDescription("last_heartbeat", "Last heartbeat", device_class="timestamp", category="diagnostic"),
+    EntityDescription("transaction_id", "Transaction", category="diagnostic", icon="mdi:identifier"),
+    *(_current(f"current_{p}", f"Current {p.upper()}") for p in ("l1", "l2", "l3", "n")),
+    *(_voltage(f"voltage_{p}", f"Voltage {p.upper()}") for p in ("l1", "l2", "l3")),
+    *(_voltage(f"voltage_{a}_{b}", f"Voltage {a.upper()}-{b.upper()}") for a, b in (("l1", "l2"), ("l2", "l3"), ("l3", "l1"))),
+    *(_power(f"power_{p}", f"Power {p.upper()}") for p in ("l1", "l2", "l3")),
+    _power("power_offered", "Power offered"),
+    _power("power_export", "Power export"),
+    EntityDescription("energy_export", "Energy export", device_class="energy", state_class="total_increasing", unit="kWh", precision=2, dynamic=True),
+    EntityDescription("frequency", "Frequency", device_class="frequency", state_class="measurement", unit="Hz", precision=1, dynamic=True),
+    EntityDescription("power_factor", "Power factor", device_class="power_factor", state_class="measurement", dynamic=True),
+)
+
+CHARGING_LIMIT = EntityDescription("charging_limit", "Charging limit", platform="number", icon="mdi:ev-plug-type2")
+
+SENSOR_KEYS = frozenset(d.key for d in SENSORS)
+STATIC_KEYS = tuple(d.key for d in SENSORS if not d.dynamic)

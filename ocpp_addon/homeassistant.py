@@ -1,0 +1,322 @@
+"""Home Assistant: MQTT discovery, state and command topics, birth handling.
+
+Pure builders (``device_discovery``, ``state_payload``, ``parse_limit_payload``)
+make the payloads; :class:`HomeAssistantSink` publishes them. Topics follow
+Zigbee2MQTT's shape: ``<base>/<cp>/state`` JSON, ``<base>/<cp>/<command>/set``,
+``<base>/<cp>/availability`` and ``<base>/bridge/state`` with a last will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+from typing import Any, Mapping
+
+from . import __version__
+from .config import CHARGER_ID_RE
+from .entities import CHARGING_LIMIT, SENSORS, EntityDescription
+from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
+from .mqtt_bridge import MqttBridge
+from .profiles import SetpointError, convert_limit
+from .state import ChargerState, utc_now_iso
+
+_LOGGER = logging.getLogger(__name__)
+
+BRIDGE_ID = "ocpp_bridge"
+ORIGIN = {"name": "ocpp_addon", "sw_version": __version__}
+MAX_COMMAND_PAYLOAD = 256
+BIRTH_DELAY_MAX = 2.0  # seconds; Home Assistant asks for a small random delay after its birth message
+
+
+def object_id(charger_id: str) -> str:
+    """Charge point id -> the entity id part Home Assistant allows ([a-z0-9_])."""
+    return re.sub(r"[^a-z0-9_]", "_", charger_id.lower())
+
+
+def discovery_node_id(charger_id: str) -> str:
+    """Charge point id -> a discovery topic level ([a-zA-Z0-9_-]).
+
+    Ids with '.' or ':' get a short hash so 'wb.1' and 'wb_1' stay distinct devices.
+    """
+    node = re.sub(r"[^a-zA-Z0-9_-]", "_", charger_id)
+    if node != charger_id:
+        node += "_" + hashlib.sha1(charger_id.encode()).hexdigest()[:6]
+    return node
+
+
+def discovery_topic(prefix: str, charger_id: str) -> str:
+    return f"{prefix}/device/{discovery_node_id(charger_id)}/config"
+
+
+def _component(desc: EntityDescription, charger_id: str) -> dict[str, Any]:
+    comp: dict[str, Any] = {
+        "platform": desc.platform,
+        "unique_id": f"ocpp_{charger_id}_{desc.key}",
+        "default_entity_id": f"{desc.platform}.{object_id(charger_id)}_{desc.key}",
+        "name": desc.name,
+        "value_template": "{{ value_json.%s }}" % desc.key,
+    }
+    for key, value in (
+        ("device_class", desc.device_class),
+        ("state_class", desc.state_class),
+        ("unit_of_measurement", desc.unit),
+        ("entity_category", desc.category),
+        ("icon", desc.icon),
+        ("suggested_display_precision", desc.precision),
+    ):
+        if value is not None:
+            comp[key] = value
+    return comp
+
+
+def announced_keys(state: ChargerState) -> list[str]:
+    """Sensor keys to announce: the static ones plus every dynamic one the charger reported."""
+    return [d.key for d in SENSORS if not d.dynamic or d.key in state.readings]
+
+
+def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The device-based discovery payload for one charger (HA 2024.11+)."""
+    base = config["mqtt"]["base_topic"]
+    charging = config["charging"]
+    cid = state.id
+    device: dict[str, Any] = {"identifiers": [f"ocpp_{cid}"], "name": cid, "via_device": BRIDGE_ID}
+    for key, value in (("manufacturer", state.vendor), ("model", state.model), ("sw_version", state.firmware), ("serial_number", state.serial)):
+        if value:
+            device[key] = value
+    announced = set(announced_keys(state))
+    components = {d.key: _component(d, cid) for d in SENSORS if d.key in announced}
+    limit = _component(CHARGING_LIMIT, cid)
+    limit.update(
+        command_topic=f"{base}/{cid}/charging_limit/set",
+        min=charging["min"],
+        max=charging["max"],
+        step=charging["step"],
+        mode="slider",
+        unit_of_measurement=charging["unit"],
+        device_class="current" if charging["unit"] == "A" else "power",
+    )
+    components["charging_limit"] = limit
+    return {
+        "device": device,
+        "origin": ORIGIN,
+        "state_topic": f"{base}/{cid}/state",
+        "availability": [{"topic": f"{base}/bridge/state"}, {"topic": f"{base}/{cid}/availability"}],
+        "availability_mode": "all",
+        "components": components,
+        "qos": 1,
+    }
+
+
+def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
+    base = config["mqtt"]["base_topic"]
+    return {
+        "device": {"identifiers": [BRIDGE_ID], "name": "OCPP bridge", "manufacturer": "ocpp_addon", "model": "OCPP 1.6J central system", "sw_version": __version__},
+        "origin": ORIGIN,
+        "state_topic": f"{base}/bridge/info",
+        "availability": [{"topic": f"{base}/bridge/state"}],
+        "components": {
+            "connected_chargers": {
+                "platform": "sensor",
+                "unique_id": f"{BRIDGE_ID}_connected_chargers",
+                "default_entity_id": "sensor.ocpp_bridge_connected_chargers",
+                "name": "Connected chargers",
+                "state_class": "measurement",
+                "icon": "mdi:ev-station",
+                "value_template": "{{ value_json.connected_chargers }}",
+            },
+            "version": {
+                "platform": "sensor",
+                "unique_id": f"{BRIDGE_ID}_version",
+                "default_entity_id": "sensor.ocpp_bridge_version",
+                "name": "Version",
+                "entity_category": "diagnostic",
+                "icon": "mdi:information-outline",
+                "value_template": "{{ value_json.version }}",
+            },
+        },
+        "qos": 1,
+    }
+
+
+def limit_in_unit(state: ChargerState, charging: Mapping[str, Any]) -> float | None:
+    """The accepted limit expressed in the slider's unit."""
+    if state.charging_limit is None:
+        return None
+    unit = state.charging_limit_unit or charging["unit"]
+    value = convert_limit(state.charging_limit, unit, charging["unit"], charging["voltage"], charging["phases"])
+    return round(value, 3)
+
+
+def state_payload(state: ChargerState, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The retained state JSON: every announced key (null when unknown) plus every reading."""
+    values = state.values()
+    payload = {key: values.get(key) for key in announced_keys(state)}
+    payload.update(state.readings)
+    payload["charging_limit"] = limit_in_unit(state, config["charging"])
+    payload["charging_limit_unit"] = config["charging"]["unit"]
+    payload["connected"] = state.connected
+    return payload
+
+
+def parse_limit_payload(payload: bytes, default_unit: str) -> tuple[float, str]:
+    """``16``, ``16.5`` or ``{"limit": 16, "unit": "A"}`` -> (limit, unit); SetpointError otherwise."""
+    if len(payload) > MAX_COMMAND_PAYLOAD:
+        raise SetpointError(f"payload of {len(payload)} bytes is too large (at most {MAX_COMMAND_PAYLOAD})")
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SetpointError("payload is not UTF-8 text") from None
+    if not text:
+        raise SetpointError("payload is empty; send a number such as 16 or {\"limit\": 16, \"unit\": \"A\"}")
+    unit = default_unit
+    try:
+        value: Any = float(text)
+    except ValueError:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise SetpointError(f"{text[:40]!r} is not a number; send e.g. 16 or {{\"limit\": 16, \"unit\": \"A\"}}") from None
+        if not isinstance(data, dict) or "limit" not in data:
+            raise SetpointError(f"{text[:40]!r}: expected a number or a JSON object with a 'limit' key")
+        value = data["limit"]
+        unit = data.get("unit", default_unit)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise SetpointError(f"limit {value[:20]!r} is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SetpointError(f"limit {value!r} is not a number")
+        if not isinstance(unit, str) or unit not in ("A", "W"):
+            raise SetpointError(f"unit {unit!r} is not allowed; use 'A' or 'W'")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SetpointError(f"{text[:40]!r} is not a finite number")
+    return value, unit
+
+
+class HomeAssistantSink:
+    """Publishes discovery, availability, state and events; turns command topics into hub calls."""
+
+    def __init__(self, config: dict[str, Any], hub: Hub, mqtt: MqttBridge) -> None:
+        self.config = config
+        self.hub = hub
+        self.mqtt = mqtt
+        self.base = config["mqtt"]["base_topic"]
+        self.prefix = config["mqtt"]["discovery_prefix"]
+        self.discovery_enabled = config["mqtt"]["discovery"]
+        self._published_discovery: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self._birth_handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.mqtt.on_connect(self.publish_all)
+        self.mqtt.subscribe(f"{self.base}/+/+/set", self._on_command)
+        if self.discovery_enabled:
+            self.mqtt.subscribe(f"{self.prefix}/status", self._on_ha_status)
+
+    # -- hub events --------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        kind, cid = event.kind, event.charger_id
+        if kind == UPDATED:
+            assert event.state is not None
+            if self.discovery_enabled and any(k in event.state.readings for k in event.changed):
+                self._publish_discovery(event.state)  # no-op unless a new dynamic key appeared
+            self._mark_dirty(cid)
+        elif kind == RESULT:
+            self._publish_event(cid, event.data)
+        elif kind in (CONNECTED, DISCONNECTED):
+            assert event.state is not None
+            self.mqtt.publish(f"{self.base}/{cid}/availability", "online" if kind == CONNECTED else "offline", retain=True, qos=1)
+            if kind == CONNECTED:
+                self._publish_discovery(event.state)
+            self._mark_dirty(cid)
+            self._publish_bridge_info()
+        elif kind == IDENTIFIED:
+            assert event.state is not None
+            self._publish_discovery(event.state)
+            self._mark_dirty(cid)
+        elif kind == REMOVED:
+            self._published_discovery.pop(cid, None)
+            self.mqtt.publish(discovery_topic(self.prefix, cid), "", retain=True, qos=1)
+            for topic in ("state", "availability"):
+                self.mqtt.publish(f"{self.base}/{cid}/{topic}", "", retain=True, qos=1)
+
+    def _mark_dirty(self, charger_id: str) -> None:
+        """Coalesce: a MeterValues with ten readings becomes one state publish."""
+        self._dirty.add(charger_id)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for cid in dirty:
+            state = self.hub.states.get(cid)
+            if state is not None:
+                self.mqtt.publish(f"{self.base}/{cid}/state", json.dumps(state_payload(state, self.config)), retain=True)
+
+    def _publish_discovery(self, state: ChargerState, force: bool = False) -> None:
+        if not self.discovery_enabled:
+            return
+        payload = json.dumps(device_discovery(state, self.config))
+        if force or self._published_discovery.get(state.id) != payload:
+            self._published_discovery[state.id] = payload
+            self.mqtt.publish(discovery_topic(self.prefix, state.id), payload, retain=True, qos=1)
+
+    def _publish_event(self, charger_id: str, data: dict[str, Any]) -> None:
+        if not CHARGER_ID_RE.match(charger_id):
+            return
+        self.mqtt.publish(f"{self.base}/{charger_id}/event", json.dumps({**data, "timestamp": utc_now_iso()}), qos=1)
+
+    def _publish_bridge_info(self) -> None:
+        info = {"version": __version__, "connected_chargers": len(self.hub.connected), "chargers": sorted(self.hub.states)}
+        self.mqtt.publish(f"{self.base}/bridge/info", json.dumps(info), retain=True, qos=1)
+
+    def publish_all(self) -> None:
+        """After a broker (re)connect or Home Assistant's birth: everything, from scratch."""
+        if self.discovery_enabled:
+            self.mqtt.publish(f"{self.prefix}/device/{BRIDGE_ID}/config", json.dumps(bridge_discovery(self.config)), retain=True, qos=1)
+        self._publish_bridge_info()
+        for cid, state in self.hub.states.items():
+            self._publish_discovery(state, force=True)
+            self.mqtt.publish(f"{self.base}/{cid}/availability", "online" if state.connected else "offline", retain=True, qos=1)
+            self._mark_dirty(cid)
+
+    # -- MQTT input ----------------------------------------------------------------
+
+    def _on_ha_status(self, topic: str, payload: bytes) -> None:
+        if payload.strip().lower() != b"online":
+            return
+        if self._birth_handle is not None:
+            self._birth_handle.cancel()
+        delay = random.uniform(0, BIRTH_DELAY_MAX)
+        _LOGGER.info("Home Assistant came online; re-publishing discovery and state in %.1f s", delay)
+        self._birth_handle = asyncio.get_running_loop().call_later(delay, self.publish_all)
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        cid, command, _ = topic[len(self.base) + 1 :].split("/")  # subscribed as <base>/+/+/set
+        if not CHARGER_ID_RE.match(cid):
+            _LOGGER.warning("ignored command on %r: not a valid charge point id", topic)
+            return
+        if command == "charging_limit":
+            try:
+                limit, unit = parse_limit_payload(payload, self.config["charging"]["unit"])
+            except SetpointError as err:
+                _LOGGER.warning("%s: charging limit refused: %s", cid, err)
+                self.hub.result(cid, command="charging_limit", status="Invalid", reason=str(err))
+                return
+            self.hub.set_charging_limit(cid, limit, unit, source="mqtt")
+        elif command == "remove":
+            self.hub.remove_charger(cid)
+        else:
+            _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
+            self.hub.result(cid, command=command, status="UnknownCommand", reason=f"no command {command!r}; see the README's topic table")

@@ -1,0 +1,205 @@
+"""The hub: charger events out to the sinks, commands in from the sinks.
+
+Charge points report state changes here; sinks (Home Assistant, BEMcom) receive
+:class:`Event` objects and turn them into MQTT. Commands from sinks come back
+through the hub, which owns the rules every sink shares: range checks, keeping a
+setpoint for an offline charger, newest-value-wins while a request is in flight,
+and honest results (the accepted limit changes only on ``Accepted``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .profiles import SetpointError, check_limit
+from .state import ChargerState
+from .store import Store
+
+if TYPE_CHECKING:
+    from .charge_point import ChargePoint
+
+_LOGGER = logging.getLogger(__name__)
+
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+IDENTIFIED = "identified"  # BootNotification: vendor/model/firmware may have changed
+READY = "ready"  # the charger takes commands (booted, or evidently running)
+UPDATED = "updated"
+RESULT = "result"  # outcome of a command, for the event topic
+RAW_FRAME = "raw_frame"
+REMOVED = "removed"
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str
+    charger_id: str
+    state: ChargerState | None = None
+    changed: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    def handle(self, event: Event) -> None: ...
+
+
+class Hub:
+    def __init__(self, config: dict[str, Any], store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.sinks: list[Sink] = []
+        self.connected: dict[str, ChargePoint] = {}
+        self.states: dict[str, ChargerState] = {}
+        self.wants_raw_frames = False
+        self._pending_limit: set[str] = set()
+        self._limit_workers: dict[str, asyncio.Task[None]] = {}
+        for charger_id, saved in store.chargers.items():
+            self.states[charger_id] = ChargerState(
+                id=charger_id,
+                vendor=saved.get("vendor"),
+                model=saved.get("model"),
+                firmware=saved.get("firmware"),
+                serial=saved.get("serial"),
+                charging_limit=saved.get("charging_limit"),
+                charging_limit_unit=saved.get("charging_limit_unit"),
+                requested_limit=saved.get("requested_limit"),
+                requested_unit=saved.get("requested_unit"),
+            )
+
+    # -- wiring -----------------------------------------------------------------
+
+    def add_sink(self, sink: Sink, raw_frames: bool = False) -> None:
+        self.sinks.append(sink)
+        self.wants_raw_frames = self.wants_raw_frames or raw_frames
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            try:
+                sink.handle(event)
+            except Exception:  # one broken sink must not starve the others
+                _LOGGER.exception("sink %s failed on %s event for %s", type(sink).__name__, event.kind, event.charger_id)
+
+    def state_for(self, charger_id: str) -> ChargerState:
+        state = self.states.get(charger_id)
+        if state is None:
+            state = self.states[charger_id] = ChargerState(id=charger_id)
+        return state
+
+    # -- from charge points -----------------------------------------------------
+
+    def charger_connected(self, cp: ChargePoint) -> None:
+        stale_worker = self._limit_workers.pop(cp.id, None)  # bound to a replaced connection
+        if stale_worker is not None:
+            stale_worker.cancel()
+        self.connected[cp.id] = cp
+        cp.state.connected = True
+        self.store.update_charger(cp.id)
+        self.emit(Event(CONNECTED, cp.id, cp.state))
+
+    def charger_disconnected(self, cp: ChargePoint) -> None:
+        if self.connected.get(cp.id) is not cp:
+            return  # replaced by a newer connection: that one owns the state now
+        del self.connected[cp.id]
+        cp.state.connected = False
+        worker = self._limit_workers.pop(cp.id, None)
+        if worker is not None:
+            worker.cancel()
+        self.emit(Event(DISCONNECTED, cp.id, cp.state))
+
+    def charger_booted(self, cp: ChargePoint) -> None:
+        s = cp.state
+        self.store.update_charger(cp.id, vendor=s.vendor, model=s.model, firmware=s.firmware, serial=s.serial)
+        self.emit(Event(IDENTIFIED, cp.id, s))
+
+    def charger_ready(self, cp: ChargePoint) -> None:
+        """The charger takes commands now: send a setpoint it has not accepted yet."""
+        s = cp.state
+        self.emit(Event(READY, cp.id, s))
+        if s.requested_limit is not None and (s.requested_limit, s.requested_unit) != (s.charging_limit, s.charging_limit_unit):
+            _LOGGER.info("%s: sending the setpoint kept while it was away (%g %s)", cp.id, s.requested_limit, s.requested_unit)
+            self._pending_limit.add(cp.id)
+            self._start_limit_worker(cp)
+
+    def state_changed(self, state: ChargerState, changed: tuple[str, ...] | list[str]) -> None:
+        self.emit(Event(UPDATED, state.id, state, tuple(changed)))
+
+    def raw_frame(self, charger_id: str, frame: str) -> None:
+        self.emit(Event(RAW_FRAME, charger_id, data={"frame": frame}))
+
+    def next_transaction_id(self) -> int:
+        return self.store.next_transaction_id()
+
+    # -- commands from sinks ------------------------------------------------------
+
+    def result(self, charger_id: str, **data: Any) -> None:
+        self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=data))
+
+    def set_charging_limit(self, charger_id: str, limit: float, unit: str | None = None, source: str = "mqtt") -> None:
+        """Request a charging limit; the outcome arrives as a RESULT event (and UPDATED on Accepted)."""
+        unit = unit or self.config["charging"]["unit"]
+        state = self.states.get(charger_id)
+        if state is None:
+            _LOGGER.warning("%s: charging limit %g %s refused: unknown charger", charger_id, limit, unit)
+            self.result(charger_id, command="charging_limit", status="UnknownCharger", limit=limit, unit=unit, source=source,
+                        reason="no charger with this id has ever connected")
+            return
+        try:
+            check_limit(limit, unit, self.config["charging"])
+        except SetpointError as err:
+            _LOGGER.warning("%s: charging limit refused: %s", charger_id, err)
+            self.result(charger_id, command="charging_limit", status="Invalid", limit=limit, unit=unit, source=source, reason=str(err))
+            return
+        state.requested_limit, state.requested_unit = limit, unit
+        self.store.update_charger(charger_id, requested_limit=limit, requested_unit=unit)
+        cp = self.connected.get(charger_id)
+        if cp is None or not cp.ready.is_set():
+            _LOGGER.info("%s: charger offline; keeping charging limit %g %s until it connects", charger_id, limit, unit)
+            self.result(charger_id, command="charging_limit", status="Queued", limit=limit, unit=unit, source=source,
+                        reason="charger offline; sent when it connects")
+            return
+        self._pending_limit.add(charger_id)
+        self._start_limit_worker(cp)
+
+    def _start_limit_worker(self, cp: ChargePoint) -> None:
+        worker = self._limit_workers.get(cp.id)
+        if worker is None or worker.done():
+            self._limit_workers[cp.id] = asyncio.create_task(self._apply_limits(cp), name=f"limit-{cp.id}")
+
+    async def _apply_limits(self, cp: ChargePoint) -> None:
+        """Send the newest requested limit; values requested meanwhile collapse into one follow-up."""
+        state = cp.state
+        while cp.id in self._pending_limit and self.connected.get(cp.id) is cp:
+            self._pending_limit.discard(cp.id)
+            limit, unit = state.requested_limit, state.requested_unit
+            if limit is None:
+                return
+            result = await cp.execute_send_charging_profile(limit, unit)
+            if result["status"] == "Accepted":
+                state.charging_limit, state.charging_limit_unit = limit, unit
+                self.store.update_charger(cp.id, charging_limit=limit, charging_limit_unit=unit)
+                self.state_changed(state, ("charging_limit", "charging_limit_unit"))
+            else:
+                _LOGGER.warning("%s: charging limit %g %s not applied: %s %s", cp.id, limit, unit, result["status"], result.get("reason", ""))
+            self.emit(Event(RESULT, cp.id, state, data=result))
+
+    def remove_charger(self, charger_id: str) -> None:
+        """Forget a charger: its discovery and retained state are cleared by the sinks."""
+        state = self.states.get(charger_id)
+        if state is None:
+            self.result(charger_id, command="remove", status="UnknownCharger", reason="no charger with this id is known")
+            return
+        if charger_id not in self.connected:
+            del self.states[charger_id]
+        self.store.forget_charger(charger_id)
+        _LOGGER.info("%s: removed", charger_id)
+        self.emit(Event(REMOVED, charger_id, state))
+        self.result(charger_id, command="remove", status="Accepted")
+
+    async def close(self) -> None:
+        for worker in self._limit_workers.values():
+            worker.cancel()
+        await asyncio.gather(*self._limit_workers.values(), return_exceptions=True)
+        self._limit_workers.clear()

@@ -1,0 +1,233 @@
+"""Charger state and meter-value parsing: pure data, no I/O.
+
+A charger's readings are kept as a flat mapping of sensor keys (``power``,
+``energy``, ``current_l1`` ...) in SI-ish units Home Assistant expects (W, kWh, A,
+V, %, °C), so that the Home Assistant state JSON, BEMcom datapoints and the
+entity table all read the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"
+
+# measurand -> (sensor key, unit we publish)
+MEASURANDS: dict[str, tuple[str, str]] = {
+    "Energy.Active.Import.Register": ("energy", "kWh"),
+    "Energy.Active.Export.Register": ("energy_export", "kWh"),
+    "Energy.Reactive.Import.Register": ("energy_reactive", "kvarh"),
+    "Energy.Active.Import.Interval": ("energy_interval", "kWh"),
+    "Power.Active.Import": ("power", "W"),
+    "Power.Active.Export": ("power_export", "W"),
+    "Power.Reactive.Import": ("power_reactive", "var"),
+    "Power.Offered": ("power_offered", "W"),
+    "Power.Factor": ("power_factor", ""),
+    "Current.Import": ("current", "A"),
+    "Current.Export": ("current_export", "A"),
+    "Current.Offered": ("current_offered", "A"),
+    "Voltage": ("voltage", "V"),
+    "Frequency": ("frequency", "Hz"),
+    "SoC": ("soc", "%"),
+    "Temperature": ("temperature", "°C"),
+    "RPM": ("rpm", "rpm"),
+}
+
+# Unit conversions to the unit we publish: (their unit lower-cased) -> factor / function.
+_SCALE = {
+    ("kwh", "kWh"): 1.0, ("wh", "kWh"): 0.001,
+    ("kvarh", "kvarh"): 1.0, ("varh", "kvarh"): 0.001,
+    ("w", "W"): 1.0, ("kw", "W"): 1000.0,
+    ("var", "var"): 1.0, ("kvar", "var"): 1000.0,
+    ("a", "A"): 1.0, ("v", "V"): 1.0,
+}
+
+
+def _phase_suffix(phase: str | None) -> str:
+    """'L1' and 'L1-N' are the same conductor for current/power; 'L1-L2' is a line-to-line voltage."""
+    if not phase:
+        return ""
+    p = phase.strip().upper()
+    if p in ("L1", "L2", "L3", "N"):
+        return "_" + p.lower()
+    match = re.fullmatch(r"(L[123])-N", p)
+    if match:
+        return "_" + match.group(1).lower()
+    match = re.fullmatch(r"(L[123])-(L[123])", p)
+    if match:
+        return f"_{match.group(1).lower()}_{match.group(2).lower()}"
+    return "_" + re.sub(r"[^a-z0-9]+", "_", p.lower()).strip("_")
+
+
+_DEFAULT_UNIT = {"kWh": "wh", "kvarh": "varh", "W": "w", "var": "var", "A": "a", "V": "v"}
+
+
+def _convert(value: float, unit: str | None, target: str) -> float | None:
+    """Convert to the unit we publish; None for a unit we do not understand."""
+    if target == "°C":
+        u = (unit or "Celsius").strip().lower()
+        if u in ("celsius", "celcius", "c", "°c"):
+            return value
+        if u in ("fahrenheit", "f"):
+            return (value - 32) * 5 / 9
+        if u in ("k", "kelvin"):
+            return value - 273.15
+        return None
+    if target in _DEFAULT_UNIT:
+        factor = _SCALE.get(((unit or _DEFAULT_UNIT[target]).strip().lower(), target))
+        return None if factor is None else value * factor
+    return value  # %, Hz, rpm, power factor: no unit variants in OCPP 1.6
+
+
+def parse_number(value: Any) -> float | None:
+    """OCPP sends values as strings; real chargers also send numbers and ' 12.3'."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """ISO 8601 from a charger; missing timezones are taken as UTC (a common firmware bug)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """One meterValue's sampledValue list -> {sensor key: value in our units}.
+
+    Unknown measurands and units are skipped (logged at debug), never fatal.
+    Per-phase values get a suffix (``current_l1``). When a charger sends only
+    per-phase values we derive the total: power is the sum, current the highest
+    phase (what a limit in amps applies to), voltage the mean.
+    """
+    readings: dict[str, float] = {}
+    for sample in sampled:
+        if not isinstance(sample, Mapping):
+            continue
+        measurand = sample.get("measurand") or DEFAULT_MEASURAND
+        known = MEASURANDS.get(measurand)
+        if known is None:
+            _LOGGER.debug("skipping unknown measurand %r", measurand)
+            continue
+        key, target = known
+        number = parse_number(sample.get("value"))
+        if number is None:
+            continue
+        converted = _convert(number, sample.get("unit"), target)
+        if converted is None:
+            _LOGGER.debug("skipping %s with unknown unit %r", measurand, sample.get("unit"))
+            continue
+        readings[key + _phase_suffix(sample.get("phase"))] = round(converted, 6)
+    currents = [readings[f"current_{p}"] for p in ("l1", "l2", "l3") if f"current_{p}" in readings]
+    if "current" not in readings and currents:
+        readings["current"] = max(currents)  # the per-phase current a limit in A is compared with
+    powers = [readings[f"power_{p}"] for p in ("l1", "l2", "l3") if f"power_{p}" in readings]
+    if "power" not in readings and powers:
+        readings["power"] = round(sum(powers), 6)
+    volts = [readings[f"voltage_{p}"] for p in ("l1", "l2", "l3") if f"voltage_{p}" in readings]
+    if "voltage" not in readings and volts:
+        readings["voltage"] = round(sum(volts) / len(volts), 3)
+    return readings
+
+
+def parse_meter_values(meter_value: Any) -> dict[str, float]:
+    """A MeterValues/StopTransaction ``meterValue`` list -> latest reading per key.
+
+    Entries are applied in timestamp order so queued, replayed samples do not
+    overwrite newer ones; a single object instead of a list (seen in the field) is
+    accepted.
+    """
+    if isinstance(meter_value, Mapping):
+        meter_value = [meter_value]
+    if not isinstance(meter_value, list):
+        return {}
+    entries = [m for m in meter_value if isinstance(m, Mapping)]
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    entries.sort(key=lambda m: parse_timestamp(m.get("timestamp")) or epoch)
+    readings: dict[str, float] = {}
+    for entry in entries:
+        readings.update(parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or []))
+    return readings
+
+
+def utc_now_iso() -> str:
+    """UTC ISO 8601 with 'Z': some chargers choke on '+00:00'."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def iso_z(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Connector:
+    status: str | None = None
+    error_code: str | None = None
+    info: str | None = None
+    vendor_error_code: str | None = None
+    transaction_id: int | None = None
+    id_tag: str | None = None
+    meter_start: float | None = None
+
+
+@dataclass
+class ChargerState:
+    """Everything we know about one charger, connected or not."""
+
+    id: str
+    connected: bool = False
+    vendor: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    serial: str | None = None
+    boot_reason: str | None = None
+    readings: dict[str, Any] = field(default_factory=dict)
+    connectors: dict[int, Connector] = field(default_factory=dict)
+    last_heartbeat: str | None = None
+    firmware_status: str | None = None
+    diagnostics_status: str | None = None
+    charging_limit: float | None = None  # the limit the charger ACCEPTED
+    charging_limit_unit: str | None = None
+    requested_limit: float | None = None
+    requested_unit: str | None = None
+
+    def connector(self, connector_id: int) -> Connector:
+        return self.connectors.setdefault(connector_id, Connector())
+
+    @property
+    def main_connector(self) -> Connector | None:
+        """Connector 1 (what a single-outlet wallbox means by 'status'), else connector 0."""
+        return self.connectors.get(1) or self.connectors.get(0)
+
+    def values(self) -> dict[str, Any]:
+        """Flat view of every sensor value: readings plus status and limit."""
+        main = self.main_connector
+        values: dict[str, Any] = dict(self.readings)
+        values["status"] = main.status if main else None
+        values["error_code"] = main.error_code if main else None
+        values["transaction_id"] = main.transaction_id if main else None
+        values["last_heartbeat"] = self.last_heartbeat
+        values["charging_limit"] = self.charging_limit
+        values["charging_limit_unit"] = self.charging_limit_unit
+        return values
