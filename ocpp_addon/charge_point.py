@@ -350,6 +350,48 @@ class ChargePoint(_OcppChargePoint):
         request = call.SetChargingProfile(connector_id=payload["connectorId"], cs_charging_profiles=profile)
         return {**result, **await self._call_status(request)}
 
+    async def execute_trigger_message(self, requested_message: str, connector_id: int | None = None) -> dict[str, Any]:
+        """Ask the charger to send a message now (BootNotification, MeterValues, StatusNotification, ...)."""
+        return {"command": "trigger_message", "requested_message": requested_message,
+                **await self._call_status(call.TriggerMessage(requested_message=requested_message, connector_id=connector_id))}
+
+    async def execute_unlock_connector(self, connector_id: int = 1) -> dict[str, Any]:
+        return {"command": "unlock_connector", "connector_id": connector_id,
+                **await self._call_status(call.UnlockConnector(connector_id=connector_id))}
+
+    async def execute_get_composite_schedule(self, connector_id: int = 0, duration: int = 3600, unit: str | None = None) -> dict[str, Any]:
+        """The schedule the charger will really apply (the minimum of all its active profiles)."""
+        return {"command": "get_composite_schedule", "connector_id": connector_id,
+                **await self._call_status(call.GetCompositeSchedule(connector_id=connector_id, duration=duration, charging_rate_unit=unit))}
+
+    async def execute_clear_charging_profile(self, profile_id: int | None = None, connector_id: int | None = None,
+                                             purpose: str | None = None, stack_level: int | None = None) -> dict[str, Any]:
+        return {"command": "clear_charging_profile", **await self._call_status(call.ClearChargingProfile(
+            id=profile_id, connector_id=connector_id, charging_profile_purpose=purpose, stack_level=stack_level))}
+
+    async def execute_reset(self, kind: str = "Soft") -> dict[str, Any]:
+        return {"command": "reset", "type": kind, **await self._call_status(call.Reset(type=kind))}
+
+    async def execute_remote_start_transaction(self, id_tag: str, connector_id: int | None = 1) -> dict[str, Any]:
+        return {"command": "remote_start_transaction", **await self._call_status(
+            call.RemoteStartTransaction(id_tag=id_tag, connector_id=connector_id))}
+
+    async def execute_remote_stop_transaction(self, transaction_id: int) -> dict[str, Any]:
+        return {"command": "remote_stop_transaction", "transaction_id": transaction_id,
+                **await self._call_status(call.RemoteStopTransaction(transaction_id=transaction_id))}
+
+    async def execute_change_availability(self, operative: bool, connector_id: int = 0) -> dict[str, Any]:
+        kind = "Operative" if operative else "Inoperative"
+        return {"command": "change_availability", "type": kind, "connector_id": connector_id,
+                **await self._call_status(call.ChangeAvailability(connector_id=connector_id, type=kind))}
+
+    async def execute_get_configuration(self, keys: list[str] | None = None) -> dict[str, Any]:
+        return {"command": "get_configuration", **await self._call_status(call.GetConfiguration(key=keys))}
+
+    async def execute_change_configuration(self, key: str, value: str) -> dict[str, Any]:
+        return {"command": "change_configuration", "key": key,
+                **await self._call_status(call.ChangeConfiguration(key=key, value=value))}
+
     async def _call_status(self, request: Any) -> dict[str, Any]:
         """Run a CALL and express its outcome as ``{"status": ...}`` (never raises for charger faults)."""
         action = type(request).__name__

@@ -185,6 +185,25 @@ class Hub:
                 _LOGGER.warning("%s: charging limit %g %s not applied: %s %s", cp.id, limit, unit, result["status"], result.get("reason", ""))
             self.emit(Event(RESULT, cp.id, state, data=result))
 
+    async def command(self, charger_id: str, name: str, **kwargs: Any) -> dict[str, Any]:
+        """Run ``ChargePoint.execute_<name>(**kwargs)`` on a connected charger and emit its result.
+
+        Results are ``{"command": ..., "status": ...}`` dicts; an offline or unknown
+        charger gives status ``Offline`` / ``UnknownCharger`` without raising.
+        """
+        cp = self.connected.get(charger_id)
+        if cp is None:
+            status = "Offline" if charger_id in self.states else "UnknownCharger"
+            result: dict[str, Any] = {"command": name, "status": status, "reason": "charger not connected"}
+        else:
+            method = getattr(cp, f"execute_{name}", None)
+            if method is None:
+                result = {"command": name, "status": "UnknownCommand", "reason": f"no command {name!r}"}
+            else:
+                result = await method(**kwargs)
+        self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=result))
+        return result
+
     def remove_charger(self, charger_id: str) -> None:
         """Forget a charger: its discovery and retained state are cleared by the sinks."""
         state = self.states.get(charger_id)

@@ -201,3 +201,19 @@ async def test_two_chargers_are_independent(service: Service, probe: MqttProbe) 
     await service.wait_event(RESULT, "cp-b")
     assert service.app.hub.states["cp-a"].charging_limit == 10
     assert service.app.hub.states["cp-b"].charging_limit is None
+
+
+async def test_commands_reach_the_charger_and_report_results(service: Service, probe: MqttProbe) -> None:
+    sim = await service.charger("wallbox-1")
+    hub = service.app.hub
+    result = await hub.command("wallbox-1", "trigger_message", requested_message="MeterValues")
+    assert result["status"] == "Accepted"
+    await sim.wait_for_call("TriggerMessage", lambda p: p["requestedMessage"] == "MeterValues")
+    await probe.wait_json(STATE, lambda d: d["energy"] is not None)  # the triggered MeterValues arrived
+    probe.publish(LIMIT_SET, "16")
+    await probe.wait_json(STATE, lambda d: d["charging_limit"] == 16)
+    schedule = await hub.command("wallbox-1", "get_composite_schedule", connector_id=1, duration=600)
+    assert schedule["status"] == "Accepted"
+    assert schedule["response"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 16
+    assert (await hub.command("nobody", "reset"))["status"] == "UnknownCharger"
+    assert (await hub.command("wallbox-1", "fly"))["status"] == "UnknownCommand"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up and run the service for real: bash scripts/run.sh [--config FILE]
+# Without --config it uses config.example.yaml; with no broker on localhost:1883 it starts an embedded mosquitto.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-mosquitto.sh || echo "continuing without mosquitto: set mqtt.host to your broker" >&2
+bash scripts/venv.sh .
+if [ "$#" -eq 0 ]; then
+  set -- --config config.example.yaml
+fi
+exec .venv/bin/ocpp-addon "$@"
