@@ -159,9 +159,12 @@ class ChargePoint(_OcppChargePoint):
         handlers = self.route_map.get(msg.action)
         if not handlers or "_on_action" not in handlers:
             if validation.known_action(msg.action):
-                error: OCPPError = NotSupportedError(details={"cause": f"{msg.action} is not supported by this central system"})
+                error: OCPPError = NotSupportedError(
+                    "Requested Action is recognized but not supported by the receiver",
+                    details={"cause": f"{msg.action} is not supported by this central system"})
             else:
-                error = OcppNotImplemented(details={"cause": f"{msg.action} is not an OCPP 1.6 action"})
+                error = OcppNotImplemented(
+                    "Requested Action is not known by receiver", details={"cause": f"{msg.action} is not an OCPP 1.6 action"})
             _LOGGER.warning("%s: answered %s with %s", self.id, _short(msg.action), _WIRE_CODES.get(error.code, error.code))
             await self._send_error(msg.unique_id, error)
             return

@@ -206,7 +206,8 @@ def _cause(error: SchemaValidationError) -> str:
     if keyword == "additionalProperties" and isinstance(value, dict):
         allowed: Collection[str] = error.schema.get("properties", {})
         extra = sorted(name for name in value if name not in allowed)
-        return f"{path}: unexpected propert{'y' if len(extra) == 1 else 'ies'} {', '.join(map(_show, extra))}"
+        listed = ", ".join(map(_show, extra[:3])) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        return f"{path}: unexpected propert{'y' if len(extra) == 1 else 'ies'} {listed}"
     if keyword == "type":
         return f"{path}: expected {rule}, got {_json_type(value)}"
     if keyword == "maxLength":
