@@ -39,7 +39,6 @@ class MqttBridge:
         self.connected = asyncio.Event()
         self._last_failure_log = 0.0
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg["client_id"], clean_session=True)
-        client.enable_logger(logging.getLogger("paho.mqtt"))
         if cfg["username"]:
             client.username_pw_set(cfg["username"], cfg["password"])
         if cfg["ssl"]:
