@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import re
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,28 @@ from ocpp.v16.enums import Action, AuthorizationStatus, DataTransferStatus, Regi
 from websockets.exceptions import ConnectionClosed
 
 from . import validation
-from .profiles import SetpointError, build_set_charging_profile, convert_limit
-from .state import ChargerState, parse_meter_values, parse_number, utc_now_iso
+from .profiles import (
+    Attempt,
+    SetpointError,
+    apply_minimum,
+    attempt_template,
+    build_set_charging_profile,
+    convert_limit,
+    limit_now,
+    parse_schedule,
+    plan_attempts,
+    profile_id,
+    round_limit,
+)
+from .state import (
+    CAPABILITY_KEYS,
+    ChargerState,
+    parse_configuration,
+    parse_meter_values,
+    parse_number,
+    parse_timestamp,
+    utc_now_iso,
+)
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -97,7 +118,9 @@ class ChargePoint(_OcppChargePoint):
         self.config = config
         self.state: ChargerState = hub.state_for(charger_id)
         self.ready = asyncio.Event()  # booted (or evidently running): CS-initiated calls may go out
+        self.configured = asyncio.Event()  # capabilities read (or given up on): profiles may be planned
         self._after_tasks: set[asyncio.Task[Any]] = set()
+        self._energy_drops = 0
 
     # -- receive path -------------------------------------------------------
 
@@ -258,44 +281,118 @@ class ChargePoint(_OcppChargePoint):
 
     @on(Action.meter_values)
     def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **kwargs: Any) -> Any:
-        self._apply_readings(parse_meter_values(meter_value))
+        self._apply_readings(parse_meter_values(meter_value), connector_id)
         return call_result.MeterValues()
 
-    def _apply_readings(self, readings: dict[str, float]) -> None:
-        changed = [k for k, v in readings.items() if self.state.readings.get(k) != v]
+    def _apply_readings(self, readings: dict[str, float], connector_id: int = 0) -> None:
+        state = self.state
+        if connector_id > 1:  # a second outlet: its own keys beside the main ones
+            readings = {f"connector_{connector_id}_{k}": v for k, v in readings.items()}
+        elif "energy" in readings:
+            readings["energy"] = self._checked_energy(readings["energy"])
+        changed = [k for k, v in readings.items() if state.readings.get(k) != v]
         if changed:
-            self.state.readings.update(readings)
-            self.hub.state_changed(self.state, changed)
+            state.readings.update(readings)
+        active = state.active_transaction()
+        if active and active[0] == max(connector_id, 1) and "energy" in readings:
+            changed += self._update_session(active[1])
+        if changed:
+            self.hub.state_changed(state, changed)
+
+    def _checked_energy(self, energy: float) -> float:
+        """A total_increasing register that drops (to 0, or backwards) would corrupt the energy dashboard.
+
+        Keep the last good value; only a drop confirmed by 3 readings in a row (a
+        replaced meter) is accepted.
+        """
+        last = self.state.readings.get("energy")
+        if last is None or energy >= last:
+            self._energy_drops = 0
+            return energy
+        self._energy_drops += 1
+        if self._energy_drops >= 3:
+            _LOGGER.warning("%s: energy register reset from %.3f to %.3f kWh (3 readings in a row); accepting it", self.id, last, energy)
+            self._energy_drops = 0
+            return energy
+        _LOGGER.warning("%s: energy register went backwards (%.3f -> %.3f kWh); keeping %.3f", self.id, last, energy, last)
+        return last
+
+    def _update_session(self, connector: Any) -> list[str]:
+        energy = self.state.readings.get("energy")
+        changed = []
+        if energy is not None and connector.meter_start is not None:
+            session_energy = round(max(0.0, energy - connector.meter_start / 1000), 3)
+            if session_energy != connector.session_energy:
+                connector.session_energy = session_energy
+                changed.append("session_energy")
+        if connector.session_start is not None:
+            connector.session_duration = round((datetime.now(timezone.utc) - connector.session_start).total_seconds())
+            changed.append("session_duration")
+        return changed
+
+    def _id_tag_info(self, id_tag: str) -> dict[str, Any]:
+        """Authorize from ``authorization``: accept everyone, or only the allow list (with status and expiry)."""
+        auth = self.config["authorization"]
+        if auth["mode"] == "accept_all":
+            return {"status": AuthorizationStatus.accepted}
+        for entry in auth["id_tags"]:
+            if entry["id_tag"] == id_tag:
+                expiry = parse_timestamp(entry["expiry"]) if entry["expiry"] else None
+                if expiry is not None and expiry < datetime.now(timezone.utc):
+                    return {"status": AuthorizationStatus.expired, "expiry_date": entry["expiry"]}
+                info: dict[str, Any] = {"status": entry["status"]}
+                if entry["expiry"]:
+                    info["expiry_date"] = entry["expiry"]
+                return info
+        _LOGGER.info("%s: id tag %r is not on the allow list", self.id, id_tag)
+        return {"status": AuthorizationStatus.invalid}
 
     @on(Action.start_transaction)
     def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **kwargs: Any) -> Any:
         transaction_id = self.hub.next_transaction_id()
+        id_tag_info = self._id_tag_info(id_tag)
         connector = self.state.connector(connector_id)
-        connector.transaction_id = transaction_id
-        connector.id_tag = id_tag
-        connector.meter_start = meter_start
-        _LOGGER.info("%s: transaction %d started on connector %d", self.id, transaction_id, connector_id)
-        self.hub.state_changed(self.state, ("transaction_id",))
-        return call_result.StartTransaction(
-            transaction_id=transaction_id, id_tag_info={"status": AuthorizationStatus.accepted}
-        )
+        if id_tag_info["status"] == AuthorizationStatus.accepted:
+            connector.transaction_id = transaction_id
+            connector.id_tag = id_tag
+            connector.meter_start = meter_start
+            connector.session_start = parse_timestamp(timestamp) or datetime.now(timezone.utc)
+            connector.session_energy = 0.0
+            connector.session_duration = 0
+            connector.stop_reason = None
+            _LOGGER.info("%s: transaction %d started on connector %d", self.id, transaction_id, connector_id)
+            self.hub.state_changed(self.state, ("transaction_id", "session_energy", "id_tag"))
+        else:
+            _LOGGER.info("%s: transaction refused for id tag %r (%s)", self.id, id_tag, id_tag_info["status"])
+        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=id_tag_info)
+
+    @after(Action.start_transaction)
+    def after_start_transaction(self, **kwargs: Any) -> None:
+        self.hub.transaction_started(self)
 
     @on(Action.stop_transaction)
     def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int, **kwargs: Any) -> Any:
         # Idempotent: a duplicate or unknown StopTransaction is still acknowledged, or the
         # charger keeps it queued and replays it forever.
+        if kwargs.get("transaction_data"):
+            self._apply_readings(parse_meter_values(kwargs["transaction_data"]))
         for connector in self.state.connectors.values():
             if connector.transaction_id == transaction_id:
                 connector.transaction_id = None
-                _LOGGER.info("%s: transaction %d stopped (%s)", self.id, transaction_id, kwargs.get("reason") or "Local")
-                self.hub.state_changed(self.state, ("transaction_id",))
-        if kwargs.get("transaction_data"):
-            self._apply_readings(parse_meter_values(kwargs["transaction_data"]))
-        return call_result.StopTransaction(id_tag_info={"status": AuthorizationStatus.accepted})
+                connector.stop_reason = kwargs.get("reason") or "Local"
+                if connector.meter_start is not None:
+                    connector.session_energy = round(max(0.0, (meter_stop - connector.meter_start) / 1000), 3)
+                if connector.session_start is not None:
+                    end = parse_timestamp(timestamp) or datetime.now(timezone.utc)
+                    connector.session_duration = max(0, round((end - connector.session_start).total_seconds()))
+                _LOGGER.info("%s: transaction %d stopped (%s)", self.id, transaction_id, connector.stop_reason)
+                self.hub.state_changed(self.state, ("transaction_id", "session_energy", "stop_reason"))
+        id_tag = kwargs.get("id_tag")
+        return call_result.StopTransaction(id_tag_info=self._id_tag_info(id_tag) if id_tag else None)
 
     @on(Action.authorize)
     def on_authorize(self, id_tag: str, **kwargs: Any) -> Any:
-        return call_result.Authorize(id_tag_info={"status": AuthorizationStatus.accepted})
+        return call_result.Authorize(id_tag_info=self._id_tag_info(id_tag))
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id: str, **kwargs: Any) -> Any:
@@ -320,38 +417,188 @@ class ChargePoint(_OcppChargePoint):
         measured = parse_number(self.state.readings.get("voltage"))
         return measured if measured is not None and 50 <= measured <= 500 else self.config["charging"]["voltage"]
 
+    async def configure(self) -> None:
+        """Read the charger's smart-charging capabilities once per connection; apply our meter-value settings."""
+        try:
+            outcome = await self._call_status(call.GetConfiguration(key=list(CAPABILITY_KEYS)))
+            keys = outcome.get("response", {}).get("configurationKey") if outcome["status"] == "Accepted" else None
+            if keys is not None:
+                self.state.capabilities = parse_configuration(keys)
+                _LOGGER.info("%s: capabilities %s", self.id, self.state.capabilities)
+                self.hub.capabilities_learned(self)
+                await self._configure_meter_values()
+        finally:
+            self.configured.set()
+
+    async def _configure_meter_values(self) -> None:
+        """Set MeterValueSampleInterval / MeterValuesSampledData from config when they differ.
+
+        A charger may reject a measurand list; then we try the measurands one by one
+        and set the subset it accepts, never leaving it with none (ABB Terra boot-looped
+        on automatic configuration: change only what differs, read back, keep what works).
+        """
+        wanted = self.config["meter_values"]
+        caps = self.state.capabilities
+        changed = False
+        interval = wanted["sample_interval"]
+        if interval is not None and caps.get("meter_value_sample_interval") != interval:
+            result = await self.execute_change_configuration("MeterValueSampleInterval", str(interval))
+            changed = changed or result["status"] in ("Accepted", "RebootRequired")
+        measurands = wanted["sampled_data"]
+        current = caps.get("meter_values_sampled_data")
+        if measurands and current is not None and set(measurands) != set(current):
+            result = await self.execute_change_configuration("MeterValuesSampledData", ",".join(measurands))
+            if result["status"] not in ("Accepted", "RebootRequired"):
+                accepted = []
+                for measurand in measurands:
+                    single = await self.execute_change_configuration("MeterValuesSampledData", measurand)
+                    if single["status"] in ("Accepted", "RebootRequired"):
+                        accepted.append(measurand)
+                if accepted:
+                    result = await self.execute_change_configuration("MeterValuesSampledData", ",".join(accepted))
+                if not accepted or result["status"] not in ("Accepted", "RebootRequired"):
+                    await self.execute_change_configuration("MeterValuesSampledData", ",".join(current) or "Energy.Active.Import.Register")
+                _LOGGER.warning("%s: charger refused MeterValuesSampledData %s; kept %s", self.id, ",".join(measurands),
+                                ",".join(accepted) or ",".join(current))
+            changed = True
+        if changed:
+            readback = await self._call_status(call.GetConfiguration(key=["MeterValuesSampledData", "MeterValueSampleInterval"]))
+            keys = readback.get("response", {}).get("configurationKey")
+            if keys is not None:
+                caps.update(parse_configuration(keys))
+                self.hub.capabilities_learned(self)
+
     async def execute_send_charging_profile(self, limit: float, unit: str | None = None, template: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send a SetChargingProfile carrying ``limit`` and report what the charger answered.
 
-        ``unit`` is the unit of ``limit`` (default: ``charging.unit``); the profile is
-        sent in the template's unit (converted with the measured voltage, or the
-        configured one, and phase count). Returns ``{"status": "Accepted" |
-        "Rejected" | "NotSupported" | "Timeout" | "CallError" | "Invalid", ...}``.
+        ``unit`` is the unit of ``limit`` (default: ``charging.unit``). The profile goes
+        in a unit the charger allows (converted with the measured voltage, or the
+        configured one, and phase count). When the charger rejects it, the fallback
+        ladder (profiles.plan_attempts) is walked and what worked is remembered.
+        Returns ``{"status": "Accepted" | "Rejected" | "NotSupported" | "Timeout" |
+        "CallError" | "Invalid", "attempts": [...], ...}``.
         """
         charging = self.config["charging"]
-        template = template or charging["profile"]
         unit = unit or charging["unit"]
-        wire_unit = template["unit"] or unit
         result: dict[str, Any] = {"command": "charging_limit", "limit": limit, "unit": unit}
         try:
-            wire_limit = convert_limit(limit, unit, wire_unit, self._voltage(), template["number_phases"] or charging["phases"])
-            main = self.state.main_connector
-            payload = build_set_charging_profile(
-                wire_limit, wire_unit, template, transaction_id=main.transaction_id if main else None
-            )
+            to_send, note = apply_minimum(limit, unit, charging, self._voltage(), self._phases(template))
         except SetpointError as err:
             return {**result, "status": "Invalid", "reason": str(err)}
-        profile = payload["csChargingProfiles"]
-        result.update(
-            sent_limit=profile["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"],
-            sent_unit=wire_unit,
-            connector_id=payload["connectorId"],
-            purpose=profile["chargingProfilePurpose"],
-            stack_level=profile["stackLevel"],
-            profile_id=profile["chargingProfileId"],
-        )
-        request = call.SetChargingProfile(connector_id=payload["connectorId"], cs_charging_profiles=profile)
-        return {**result, **await self._call_status(request)}
+        if note:
+            result["note"] = note
+        return {**result, **await self._install([(0, to_send)], unit, template, None)}
+
+    async def execute_set_charging_schedule(self, entries: Any, unit: str | None = None) -> dict[str, Any]:
+        """Install a schedule (``[{"start": ..., "limit": ...}]``) as one Absolute profile the charger enforces itself."""
+        charging = self.config["charging"]
+        unit = unit or charging["unit"]
+        result: dict[str, Any] = {"command": "charging_schedule", "unit": unit}
+        now = datetime.now(timezone.utc)
+        try:
+            start, periods = parse_schedule(entries, now, self.state.capabilities.get("max_periods"))
+            periods = [(offset, apply_minimum(value, unit, charging, self._voltage(), self._phases(None))[0]) for offset, value in periods]
+        except SetpointError as err:
+            return {**result, "status": "Invalid", "reason": str(err)}
+        template = {**charging["profile"], "kind": "Absolute"}
+        result.update(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), periods=[{"start_period": o, "limit": v} for o, v in periods])
+        outcome = await self._install(periods, unit, template, start)
+        if outcome["status"] == "Accepted":
+            outcome["limit"] = limit_now(periods, start, now)
+        return {**result, **outcome}
+
+    def _phases(self, template: dict[str, Any] | None) -> int:
+        template = template or self.config["charging"]["profile"]
+        return int(template.get("number_phases") or self.config["charging"]["phases"])
+
+    async def _install(self, periods: list[tuple[int, float]], unit: str, template: dict[str, Any] | None,
+                       start: datetime | None) -> dict[str, Any]:
+        """Walk the ladder until the charger accepts; every attempt and its answer goes into the result."""
+        charging = self.config["charging"]
+        template = template or charging["profile"]
+        state = self.state
+        active = state.active_transaction()
+        learned = Attempt.from_dict(state.strategy) if state.strategy else None
+        attempts = plan_attempts(template, unit, state.capabilities, state.connector_ids, learned, charging["fallback"],
+                                 active[0] if active else None)
+        if start is not None:  # schedules need an absolute time line
+            attempts = [a for a in attempts if a.kind == "Absolute"] or attempts
+        voltage, phases = self._voltage(), self._phases(template)
+        tried: list[dict[str, Any]] = []
+        final: dict[str, Any] = {"status": "Rejected"}
+        for attempt in attempts:
+            wire = [(o, round_limit(convert_limit(v, unit, attempt.unit, voltage, phases))) for o, v in periods]
+            outcome: dict[str, Any] = {"status": "Accepted"}
+            profile_ids = []
+            for connector_id in attempt.connector_ids:
+                try:
+                    payload = build_set_charging_profile(
+                        wire[0][1], attempt.unit, attempt_template(template, attempt, connector_id),
+                        transaction_id=active[1].transaction_id if active else None, periods=wire, start=start)
+                except SetpointError as err:
+                    outcome = {"status": "Invalid", "reason": str(err)}
+                    break
+                profile_ids.append(payload["csChargingProfiles"]["chargingProfileId"])
+                outcome = await self._call_status(call.SetChargingProfile(
+                    connector_id=payload["connectorId"], cs_charging_profiles=payload["csChargingProfiles"]))
+                if outcome["status"] != "Accepted":
+                    break
+            tried.append({**attempt.as_dict(), "limit": wire[0][1], "profile_ids": profile_ids, "status": outcome["status"],
+                          **({"reason": outcome["reason"]} if "reason" in outcome else {})})
+            final = outcome
+            if outcome["status"] == "Accepted":
+                if state.strategy != attempt.as_dict():
+                    state.strategy = attempt.as_dict()
+                    self.hub.strategy_learned(self)
+                final = {"status": "Accepted", "sent_limit": wire[0][1], "sent_unit": attempt.unit, "purpose": attempt.purpose,
+                         "connector_ids": list(attempt.connector_ids), "stack_level": attempt.stack_level, "kind": attempt.kind}
+                break
+            if outcome["status"] in ("Timeout", "Invalid") or outcome.get("reason", "").startswith(("NotImplemented", "NotSupported")):
+                break  # no ladder step can help: the charger is silent or has no smart charging at all
+            if learned is not None and attempt == learned:
+                _LOGGER.info("%s: the strategy that worked before was refused; trying the ladder again", self.id)
+        if len(tried) > 1:
+            _LOGGER.info("%s: charging profile attempts: %s", self.id,
+                         "; ".join(f"{t['purpose']}@{t['connector_ids']}/{t['kind']}/s{t['stack_level']}/{t['unit']}={t['status']}" for t in tried))
+        return {**final, "attempts": tried}
+
+    async def execute_clear_charging_limit(self) -> dict[str, Any]:
+        """Remove the profiles we installed (ClearChargingProfile by id; by purpose/stack level as a fallback)."""
+        state = self.state
+        strategy = Attempt.from_dict(state.strategy) if state.strategy else None
+        if strategy is None:
+            template = self.config["charging"]["profile"]
+            result = await self.execute_clear_charging_profile(purpose=template["purpose"], stack_level=template["stack_level"])
+        else:
+            result = {"status": "Accepted"}
+            fixed = self.config["charging"]["profile"]["profile_id"]
+            for connector_id in strategy.connector_ids:
+                ours = profile_id(strategy.purpose, connector_id, strategy.stack_level, fixed)
+                result = await self.execute_clear_charging_profile(profile_id=ours)
+                if result["status"] != "Accepted":
+                    result = await self.execute_clear_charging_profile(purpose=strategy.purpose, stack_level=strategy.stack_level)
+        return {**result, "command": "clear_charging_limit"}
+
+    async def refresh_effective_limit(self) -> None:
+        """Ask the charger what it really enforces now (GetCompositeSchedule) and publish it."""
+        state = self.state
+        slider_unit = self.config["charging"]["unit"]
+        allowed = state.capabilities.get("allowed_units")
+        unit = slider_unit if allowed and slider_unit in allowed else (allowed[0] if allowed else None)
+        result = await self.execute_get_composite_schedule(connector_id=state.connector_ids[0], duration=300, unit=unit)
+        effective: float | None = None
+        response = result.get("response", {})
+        schedule = response.get("chargingSchedule") if result["status"] == "Accepted" else None
+        if schedule:
+            periods = [(int(p.get("startPeriod", 0)), float(p["limit"])) for p in schedule.get("chargingSchedulePeriod", []) if "limit" in p]
+            started = parse_timestamp(response.get("scheduleStart") or schedule.get("startSchedule")) or datetime.now(timezone.utc)
+            value = limit_now(periods, started, datetime.now(timezone.utc)) if periods else None
+            if value is not None:
+                rate_unit = schedule.get("chargingRateUnit", slider_unit)
+                effective = round(convert_limit(value, rate_unit, slider_unit, self._voltage(), self._phases(None)), 2)
+        if effective != state.effective_limit:
+            state.effective_limit, state.effective_limit_unit = effective, slider_unit
+            self.hub.state_changed(state, ("effective_limit",))
 
     async def execute_trigger_message(self, requested_message: str, connector_id: int | None = None) -> dict[str, Any]:
         """Ask the charger to send a message now (BootNotification, MeterValues, StatusNotification, ...)."""
@@ -384,9 +631,23 @@ class ChargePoint(_OcppChargePoint):
                 **await self._call_status(call.RemoteStopTransaction(transaction_id=transaction_id))}
 
     async def execute_change_availability(self, operative: bool, connector_id: int = 0) -> dict[str, Any]:
+        """ChangeAvailability; some single-outlet chargers refuse connector 0, so fall back to each connector."""
         kind = "Operative" if operative else "Inoperative"
-        return {"command": "change_availability", "type": kind, "connector_id": connector_id,
-                **await self._call_status(call.ChangeAvailability(connector_id=connector_id, type=kind))}
+        outcome = await self._call_status(call.ChangeAvailability(connector_id=connector_id, type=kind))
+        if connector_id == 0 and outcome["status"] == "Rejected":
+            for each in self.state.connector_ids:
+                outcome = await self._call_status(call.ChangeAvailability(connector_id=each, type=kind))
+                if outcome["status"] not in ("Accepted", "Scheduled"):
+                    break
+            connector_id = -1  # reported as "each connector"
+        return {"command": "change_availability", "type": kind, "connector_id": connector_id if connector_id >= 0 else "each", **outcome}
+
+    async def execute_refresh(self) -> dict[str, Any]:
+        """Ask for fresh meter values and status now (TriggerMessage)."""
+        meter = await self.execute_trigger_message("MeterValues", self.state.connector_ids[0])
+        status = await self.execute_trigger_message("StatusNotification")
+        worst = meter if meter["status"] != "Accepted" else status
+        return {"command": "refresh", "status": worst["status"], "meter_values": meter["status"], "status_notification": status["status"]}
 
     async def execute_get_configuration(self, keys: list[str] | None = None) -> dict[str, Any]:
         return {"command": "get_configuration", **await self._call_status(call.GetConfiguration(key=keys))}
@@ -407,7 +668,8 @@ class ChargePoint(_OcppChargePoint):
             _LOGGER.warning("%s: %s answered with CALLERROR %s", self.id, action, err.code)
             return {"status": "CallError", "reason": f"{err.code}: {err.description}"}
         status = getattr(response, "status", None)
-        _LOGGER.info("%s: %s -> %s", self.id, action, status)
+        if status is not None:
+            _LOGGER.info("%s: %s -> %s", self.id, action, status)
         outcome: dict[str, Any] = {"status": str(status) if status is not None else "Accepted"}
         details = camel_keys(remove_nones(serialize_as_dict(response)))
         details.pop("status", None)

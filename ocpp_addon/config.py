@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import voluptuous as vol
 import yaml
 
+from .state import MEASURANDS
+
 CHARGER_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
 CHARGER_ID_RE = re.compile(rf"^{CHARGER_ID_PATTERN}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -119,6 +121,32 @@ SCHEMA = vol.Schema(
             vol.Optional("voltage", default=230): vol.All(_finite, vol.Range(min=50, max=500)),
             vol.Optional("phases", default=3): vol.All(vol.Coerce(int), vol.Range(min=1, max=3)),
             vol.Optional("profile", default={}): PROFILE_SCHEMA,
+            # Below this current (per phase) an EV cannot charge (IEC 61851): pause (send 0) or refuse.
+            vol.Optional("min_current", default=6): vol.All(_finite, vol.Range(min=0, max=80)),
+            vol.Optional("below_min", default="pause"): vol.In(("pause", "reject")),
+            # Quiet time before a setpoint is sent, so a slider drag becomes one profile write.
+            vol.Optional("debounce", default=0.3): vol.All(_finite, vol.Range(min=0, max=60)),
+            # Walk the fallback ladder when the charger rejects a profile, and remember what worked.
+            vol.Optional("fallback", default=True): vol.Boolean(),
+            # Read the effective limit back with GetCompositeSchedule every N seconds (0: only after changes).
+            vol.Optional("composite_interval", default=300): vol.All(vol.Coerce(int), vol.Range(min=0, max=86400)),
+            vol.Optional("id_tag", default="ocpp-addon"): vol.All(vol.Coerce(str), vol.Length(min=1, max=20)),
+        },
+        vol.Optional("meter_values", default={}): {
+            # Measurands to configure on the charger (MeterValuesSampledData); empty: leave the charger's own.
+            vol.Optional("sampled_data", default=[]): [vol.In(tuple(MEASURANDS))],
+            vol.Optional("sample_interval", default=None): vol.Any(None, vol.All(vol.Coerce(int), vol.Range(min=0, max=3600))),
+        },
+        vol.Optional("authorization", default={}): {
+            vol.Optional("mode", default="accept_all"): vol.In(("accept_all", "allow_list")),
+            vol.Optional("id_tags", default=[]): [
+                {
+                    vol.Required("id_tag"): vol.All(vol.Coerce(str), vol.Length(min=1, max=20)),
+                    vol.Optional("name", default=None): vol.Any(None, vol.Coerce(str)),
+                    vol.Optional("status", default="Accepted"): vol.In(("Accepted", "Blocked", "Expired", "Invalid")),
+                    vol.Optional("expiry", default=None): vol.Any(None, vol.Coerce(str)),
+                }
+            ],
         },
         vol.Optional("bemcom", default={}): {
             vol.Optional("enabled", default=False): vol.Boolean(),

@@ -19,7 +19,10 @@ from typing import Any, Mapping
 
 from . import __version__
 from .config import CHARGER_ID_RE
-from .entities import CHARGING_LIMIT, SENSORS, EntityDescription
+from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, SENSORS, EntityDescription, connector_entity
+
+_BY_KEY = {d.key: d for d in SENSORS}
+CONTROLS_BY_KEY = {d.key: d for d in CONTROLS}
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
 from .profiles import SetpointError, convert_limit
@@ -74,9 +77,23 @@ def _component(desc: EntityDescription, charger_id: str) -> dict[str, Any]:
     return comp
 
 
-def announced_keys(state: ChargerState) -> list[str]:
-    """Sensor keys to announce: the static ones plus every dynamic one the charger reported."""
-    return [d.key for d in SENSORS if not d.dynamic or d.key in state.readings]
+def announced_keys(state: ChargerState, values: Mapping[str, Any] | None = None) -> list[str]:
+    """Sensor keys to announce: static ones, dynamic ones the charger reported, per-connector ones."""
+    values = state.values() if values is None else values
+    keys = [d.key for d in SENSORS if not d.dynamic or d.key in state.readings]
+    keys += sorted(k for k in values if k.startswith("connector_") and connector_entity(k) is not None)
+    return keys
+
+
+def _command_component(desc: EntityDescription, base: str, cid: str) -> dict[str, Any]:
+    comp = _component(desc, cid)
+    comp["command_topic"] = f"{base}/{cid}/{desc.command}"
+    if desc.platform == "button":
+        del comp["value_template"]
+        comp["payload_press"] = desc.payload
+    elif desc.platform == "switch":
+        comp.update(payload_on="ON", payload_off="OFF", state_on="ON", state_off="OFF")
+    return comp
 
 
 def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,19 +105,28 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
     for key, value in (("manufacturer", state.vendor), ("model", state.model), ("sw_version", state.firmware), ("serial_number", state.serial)):
         if value:
             device[key] = value
-    announced = set(announced_keys(state))
-    components = {d.key: _component(d, cid) for d in SENSORS if d.key in announced}
-    limit = _component(CHARGING_LIMIT, cid)
-    limit.update(
-        command_topic=f"{base}/{cid}/charging_limit/set",
-        min=charging["min"],
-        max=charging["max"],
-        step=charging["step"],
-        mode="slider",
-        unit_of_measurement=charging["unit"],
-        device_class="current" if charging["unit"] == "A" else "power",
-    )
+    limit_class = "current" if charging["unit"] == "A" else "power"
+    components: dict[str, Any] = {}
+    for key in announced_keys(state):
+        desc = _BY_KEY.get(key) or connector_entity(key)
+        if desc is not None:
+            components[key] = _component(desc, cid)
+    components["smart_charging"].update(json_attributes_topic=f"{base}/{cid}/state",
+                                        json_attributes_template="{{ value_json.capabilities | tojson }}")
+    effective = _component(EFFECTIVE_LIMIT, cid)
+    effective.update(unit_of_measurement=charging["unit"], device_class=limit_class)
+    components["effective_limit"] = effective
+    limit = _command_component(CHARGING_LIMIT, base, cid)
+    limit.update(min=charging["min"], max=charging["max"], step=charging["step"], mode="slider",
+                 unit_of_measurement=charging["unit"], device_class=limit_class)
     components["charging_limit"] = limit
+    for desc in CONTROLS:
+        components[desc.key] = _command_component(desc, base, cid)
+    for connector_id in state.connector_ids[1:]:
+        unlock = _command_component(CONTROLS_BY_KEY["unlock"], base, cid)
+        unlock.update(unique_id=f"ocpp_{cid}_unlock_{connector_id}", name=f"Unlock connector {connector_id}",
+                      default_entity_id=f"button.{object_id(cid)}_unlock_{connector_id}", payload_press=str(connector_id))
+        components[f"unlock_{connector_id}"] = unlock
     return {
         "device": device,
         "origin": ORIGIN,
@@ -155,10 +181,14 @@ def limit_in_unit(state: ChargerState, charging: Mapping[str, Any]) -> float | N
 def state_payload(state: ChargerState, config: Mapping[str, Any]) -> dict[str, Any]:
     """The retained state JSON: every announced key (null when unknown) plus every reading."""
     values = state.values()
-    payload = {key: values.get(key) for key in announced_keys(state)}
+    payload = {key: values.get(key) for key in announced_keys(state, values)}
     payload.update(state.readings)
+    payload["charging"] = values["charging"]
+    payload["available"] = values["available"]
     payload["charging_limit"] = limit_in_unit(state, config["charging"])
     payload["charging_limit_unit"] = config["charging"]["unit"]
+    payload["effective_limit"] = state.effective_limit
+    payload["capabilities"] = state.capabilities
     payload["connected"] = state.connected
     return payload
 
@@ -218,6 +248,7 @@ class HomeAssistantSink:
     def start(self) -> None:
         self.mqtt.on_connect(self.publish_all)
         self.mqtt.subscribe(f"{self.base}/+/+/set", self._on_command)
+        self.mqtt.subscribe(f"{self.base}/+/charging_limit/clear", self._on_command)
         if self.discovery_enabled:
             self.mqtt.subscribe(f"{self.prefix}/status", self._on_ha_status)
 
@@ -303,20 +334,92 @@ class HomeAssistantSink:
         self._birth_handle = asyncio.get_running_loop().call_later(delay, self.publish_all)
 
     def _on_command(self, topic: str, payload: bytes) -> None:
-        cid, command, _ = topic[len(self.base) + 1 :].split("/")  # subscribed as <base>/+/+/set
+        cid, command, verb = topic[len(self.base) + 1 :].split("/")  # <base>/<cp>/<command>/set|clear
         if not CHARGER_ID_RE.match(cid):
             _LOGGER.warning("ignored command on %r: not a valid charge point id", topic)
             return
-        if command == "charging_limit":
-            try:
-                limit, unit = parse_limit_payload(payload, self.config["charging"]["unit"])
-            except SetpointError as err:
-                _LOGGER.warning("%s: charging limit refused: %s", cid, err)
-                self.hub.result(cid, command="charging_limit", status="Invalid", reason=str(err))
-                return
-            self.hub.set_charging_limit(cid, limit, unit, source="mqtt")
-        elif command == "remove":
-            self.hub.remove_charger(cid)
-        else:
+        if verb == "clear":
+            command = "clear_limit"
+        handler = self._COMMANDS.get(command)
+        if handler is None:
             _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
             self.hub.result(cid, command=command, status="UnknownCommand", reason=f"no command {command!r}; see the README's topic table")
+            return
+        try:
+            handler(self, cid, payload)
+        except SetpointError as err:
+            _LOGGER.warning("%s: %s refused: %s", cid, command, err)
+            self.hub.result(cid, command=command, status="Invalid", reason=str(err))
+
+    def _charging_limit(self, cid: str, payload: bytes) -> None:
+        limit, unit = parse_limit_payload(payload, self.config["charging"]["unit"])
+        self.hub.set_charging_limit(cid, limit, unit, source="mqtt")
+
+    def _charging_schedule(self, cid: str, payload: bytes) -> None:
+        entries = _json_payload(payload)
+        self.hub.run_command(cid, "set_charging_schedule", entries=entries)
+
+    def _charging(self, cid: str, payload: bytes) -> None:
+        if parse_switch(payload):
+            self.hub.run_command(cid, "remote_start_transaction", id_tag=self.config["charging"]["id_tag"], connector_id=1)
+            return
+        state = self.hub.states.get(cid)
+        active = state.active_transaction() if state else None
+        if active is None:
+            self.hub.result(cid, command="remote_stop_transaction", status="NoTransaction", reason="no transaction is running")
+            return
+        self.hub.run_command(cid, "remote_stop_transaction", transaction_id=active[1].transaction_id)
+
+    def _available(self, cid: str, payload: bytes) -> None:
+        self.hub.run_command(cid, "change_availability", operative=parse_switch(payload))
+
+    def _reset(self, cid: str, payload: bytes) -> None:
+        kind = payload.decode("utf-8", "replace").strip().capitalize() or "Soft"
+        if kind not in ("Soft", "Hard"):
+            raise SetpointError(f"reset type {kind[:20]!r} is not allowed; use Soft or Hard")
+        self.hub.run_command(cid, "reset", kind=kind)
+
+    def _unlock(self, cid: str, payload: bytes) -> None:
+        text = payload.decode("utf-8", "replace").strip() or "1"
+        if not text.isdigit() or not 1 <= int(text) <= 100:
+            raise SetpointError(f"connector {text[:20]!r} is not a connector number (1, 2, ...)")
+        self.hub.run_command(cid, "unlock_connector", connector_id=int(text))
+
+    def _refresh(self, cid: str, payload: bytes) -> None:
+        self.hub.run_command(cid, "refresh")
+
+    def _clear_limit(self, cid: str, payload: bytes) -> None:
+        self.hub.run_command(cid, "clear_charging_limit")
+
+    def _remove(self, cid: str, payload: bytes) -> None:
+        self.hub.remove_charger(cid)
+
+    _COMMANDS = {
+        "charging_limit": _charging_limit,
+        "charging_schedule": _charging_schedule,
+        "charging": _charging,
+        "available": _available,
+        "reset": _reset,
+        "unlock": _unlock,
+        "refresh": _refresh,
+        "clear_limit": _clear_limit,
+        "remove": _remove,
+    }
+
+
+def parse_switch(payload: bytes) -> bool:
+    text = payload.decode("utf-8", "replace").strip().lower()
+    if text in ("on", "true", "1", "start"):
+        return True
+    if text in ("off", "false", "0", "stop"):
+        return False
+    raise SetpointError(f"{text[:20]!r} is not ON or OFF")
+
+
+def _json_payload(payload: bytes) -> Any:
+    if len(payload) > 16384:
+        raise SetpointError(f"payload of {len(payload)} bytes is too large (at most 16384)")
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise SetpointError("payload is not JSON") from None

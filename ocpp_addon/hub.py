@@ -56,6 +56,8 @@ class Hub:
         self.wants_raw_frames = False
         self._pending_limit: set[str] = set()
         self._limit_workers: dict[str, asyncio.Task[None]] = {}
+        self._debounce: dict[str, asyncio.TimerHandle] = {}
+        self._background: dict[str, asyncio.Task[None]] = {}  # per charger: configure, then periodic read-back
         for charger_id, saved in store.chargers.items():
             self.states[charger_id] = ChargerState(
                 id=charger_id,
@@ -67,6 +69,7 @@ class Hub:
                 charging_limit_unit=saved.get("charging_limit_unit"),
                 requested_limit=saved.get("requested_limit"),
                 requested_unit=saved.get("requested_unit"),
+                strategy=saved.get("strategy"),
             )
 
     # -- wiring -----------------------------------------------------------------
@@ -91,9 +94,9 @@ class Hub:
     # -- from charge points -----------------------------------------------------
 
     def charger_connected(self, cp: ChargePoint) -> None:
-        stale_worker = self._limit_workers.pop(cp.id, None)  # bound to a replaced connection
-        if stale_worker is not None:
-            stale_worker.cancel()
+        for stale in (self._limit_workers.pop(cp.id, None), self._background.pop(cp.id, None)):
+            if stale is not None:  # bound to a replaced connection
+                stale.cancel()
         self.connected[cp.id] = cp
         cp.state.connected = True
         self.store.update_charger(cp.id)
@@ -104,9 +107,9 @@ class Hub:
             return  # replaced by a newer connection: that one owns the state now
         del self.connected[cp.id]
         cp.state.connected = False
-        worker = self._limit_workers.pop(cp.id, None)
-        if worker is not None:
-            worker.cancel()
+        for task in (self._limit_workers.pop(cp.id, None), self._background.pop(cp.id, None)):
+            if task is not None:
+                task.cancel()
         self.emit(Event(DISCONNECTED, cp.id, cp.state))
 
     def charger_booted(self, cp: ChargePoint) -> None:
@@ -118,8 +121,35 @@ class Hub:
         """The charger takes commands now: send a setpoint it has not accepted yet."""
         s = cp.state
         self.emit(Event(READY, cp.id, s))
+        self._background[cp.id] = asyncio.create_task(self._look_after(cp), name=f"look-after-{cp.id}")
         if s.requested_limit is not None and (s.requested_limit, s.requested_unit) != (s.charging_limit, s.charging_limit_unit):
             _LOGGER.info("%s: sending the setpoint kept while it was away (%g %s)", cp.id, s.requested_limit, s.requested_unit)
+            self._pending_limit.add(cp.id)
+            self._start_limit_worker(cp)
+
+    async def _look_after(self, cp: ChargePoint) -> None:
+        """Per connection: read capabilities, then keep the effective limit fresh."""
+        await cp.configure()
+        interval = self.config["charging"]["composite_interval"]
+        while self.connected.get(cp.id) is cp:
+            if cp.state.charging_limit is not None or cp.state.strategy:
+                await cp.refresh_effective_limit()
+            if interval <= 0:
+                return
+            await asyncio.sleep(interval)
+
+    def capabilities_learned(self, cp: ChargePoint) -> None:
+        self.state_changed(cp.state, ("capabilities", "smart_charging"))
+
+    def strategy_learned(self, cp: ChargePoint) -> None:
+        """Persist what the charger accepted so the next setpoint goes straight there."""
+        self.store.update_charger(cp.id, strategy=cp.state.strategy)
+        self.state_changed(cp.state, ("smart_charging",))
+
+    def transaction_started(self, cp: ChargePoint) -> None:
+        """A session limit (TxProfile) can only be installed once a transaction runs."""
+        s = cp.state
+        if self.config["charging"]["profile"]["purpose"] == "TxProfile" and s.requested_limit is not None:
             self._pending_limit.add(cp.id)
             self._start_limit_worker(cp)
 
@@ -161,7 +191,22 @@ class Hub:
                         reason="charger offline; sent when it connects")
             return
         self._pending_limit.add(charger_id)
-        self._start_limit_worker(cp)
+        delay = self.config["charging"]["debounce"]
+        if delay <= 0:
+            self._start_limit_worker(cp)
+            return
+        # Debounce: a slider drag sends many values; the newest wins after a quiet time,
+        # because every profile write wears the charger's flash.
+        handle = self._debounce.pop(charger_id, None)
+        if handle is not None:
+            handle.cancel()
+        self._debounce[charger_id] = asyncio.get_running_loop().call_later(delay, self._debounced, charger_id)
+
+    def _debounced(self, charger_id: str) -> None:
+        self._debounce.pop(charger_id, None)
+        cp = self.connected.get(charger_id)
+        if cp is not None:
+            self._start_limit_worker(cp)
 
     def _start_limit_worker(self, cp: ChargePoint) -> None:
         worker = self._limit_workers.get(cp.id)
@@ -171,19 +216,33 @@ class Hub:
     async def _apply_limits(self, cp: ChargePoint) -> None:
         """Send the newest requested limit; values requested meanwhile collapse into one follow-up."""
         state = cp.state
+        await cp.configured.wait()  # plan profiles with the charger's capabilities known
         while cp.id in self._pending_limit and self.connected.get(cp.id) is cp:
             self._pending_limit.discard(cp.id)
             limit, unit = state.requested_limit, state.requested_unit
             if limit is None:
                 return
+            if (limit, unit) == (state.charging_limit, state.charging_limit_unit) and state.strategy:
+                # Unchanged: every profile write wears the charger's flash.
+                self.emit(Event(RESULT, cp.id, state, data={"command": "charging_limit", "status": "Unchanged", "limit": limit, "unit": unit}))
+                continue
             result = await cp.execute_send_charging_profile(limit, unit)
             if result["status"] == "Accepted":
                 state.charging_limit, state.charging_limit_unit = limit, unit
                 self.store.update_charger(cp.id, charging_limit=limit, charging_limit_unit=unit)
                 self.state_changed(state, ("charging_limit", "charging_limit_unit"))
+                self._spawn(cp.refresh_effective_limit())
             else:
                 _LOGGER.warning("%s: charging limit %g %s not applied: %s %s", cp.id, limit, unit, result["status"], result.get("reason", ""))
             self.emit(Event(RESULT, cp.id, state, data=result))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_task_failure)
+
+    def run_command(self, charger_id: str, name: str, **kwargs: Any) -> None:
+        """Fire-and-forget :meth:`command` (from MQTT callbacks); the result arrives as an event."""
+        self._spawn(self.command(charger_id, name, **kwargs))
 
     async def command(self, charger_id: str, name: str, **kwargs: Any) -> dict[str, Any]:
         """Run ``ChargePoint.execute_<name>(**kwargs)`` on a connected charger and emit its result.
@@ -201,8 +260,26 @@ class Hub:
                 result = {"command": name, "status": "UnknownCommand", "reason": f"no command {name!r}"}
             else:
                 result = await method(**kwargs)
+                self._after_command(cp, name, result)
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=result))
         return result
+
+    def _after_command(self, cp: ChargePoint, name: str, result: dict[str, Any]) -> None:
+        state = cp.state
+        if result["status"] != "Accepted":
+            return
+        if name == "set_charging_schedule":
+            state.charging_limit, state.charging_limit_unit = result.get("limit"), result.get("unit")
+            state.requested_limit, state.requested_unit = state.charging_limit, state.charging_limit_unit
+            self.store.update_charger(cp.id, charging_limit=state.charging_limit, charging_limit_unit=state.charging_limit_unit,
+                                      requested_limit=state.requested_limit, requested_unit=state.requested_unit)
+            self.state_changed(state, ("charging_limit",))
+            self._spawn(cp.refresh_effective_limit())
+        elif name == "clear_charging_limit":
+            state.charging_limit = state.requested_limit = None
+            self.store.update_charger(cp.id, charging_limit=None, requested_limit=None)
+            self.state_changed(state, ("charging_limit",))
+            self._spawn(cp.refresh_effective_limit())
 
     def remove_charger(self, charger_id: str) -> None:
         """Forget a charger: its discovery and retained state are cleared by the sinks."""
@@ -218,7 +295,16 @@ class Hub:
         self.result(charger_id, command="remove", status="Accepted")
 
     async def close(self) -> None:
-        for worker in self._limit_workers.values():
-            worker.cancel()
-        await asyncio.gather(*self._limit_workers.values(), return_exceptions=True)
+        for handle in self._debounce.values():
+            handle.cancel()
+        tasks = [*self._limit_workers.values(), *self._background.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._limit_workers.clear()
+        self._background.clear()
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("background command failed", exc_info=task.exception())

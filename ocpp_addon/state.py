@@ -188,7 +188,11 @@ class Connector:
     vendor_error_code: str | None = None
     transaction_id: int | None = None
     id_tag: str | None = None
-    meter_start: float | None = None
+    meter_start: float | None = None  # Wh, from StartTransaction
+    session_start: datetime | None = None
+    session_energy: float | None = None  # kWh of the running (or last) session
+    session_duration: float | None = None  # seconds, last computed
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -211,6 +215,10 @@ class ChargerState:
     charging_limit_unit: str | None = None
     requested_limit: float | None = None
     requested_unit: str | None = None
+    effective_limit: float | None = None  # what GetCompositeSchedule says the charger enforces
+    effective_limit_unit: str | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    strategy: dict[str, Any] | None = None  # the Attempt that the charger last accepted
 
     def connector(self, connector_id: int) -> Connector:
         return self.connectors.setdefault(connector_id, Connector())
@@ -220,14 +228,101 @@ class ChargerState:
         """Connector 1 (what a single-outlet wallbox means by 'status'), else connector 0."""
         return self.connectors.get(1) or self.connectors.get(0)
 
+    @property
+    def connector_ids(self) -> list[int]:
+        """Physical connectors: those reported (>0), or NumberOfConnectors, or just 1."""
+        known = sorted(c for c in self.connectors if c > 0)
+        count = self.capabilities.get("number_of_connectors")
+        if isinstance(count, int) and count > 0:
+            known = sorted(set(known) | set(range(1, count + 1)))
+        return known or [1]
+
+    def active_transaction(self) -> tuple[int, Connector] | None:
+        for connector_id, connector in sorted(self.connectors.items()):
+            if connector.transaction_id is not None:
+                return connector_id, connector
+        return None
+
     def values(self) -> dict[str, Any]:
-        """Flat view of every sensor value: readings plus status and limit."""
+        """Flat view of every sensor value: readings, status, session, limits."""
         main = self.main_connector
         values: dict[str, Any] = dict(self.readings)
         values["status"] = main.status if main else None
         values["error_code"] = main.error_code if main else None
-        values["transaction_id"] = main.transaction_id if main else None
+        active = self.active_transaction()
+        session = active[1] if active else main
+        values["transaction_id"] = active[1].transaction_id if active else None
+        values["id_tag"] = session.id_tag if session else None
+        values["session_energy"] = session.session_energy if session else None
+        values["session_duration"] = session.session_duration if session else None
+        values["stop_reason"] = session.stop_reason if session else None
+        values["charging"] = "ON" if active or (main and main.status in CHARGING_STATUSES) else "OFF"
+        values["available"] = "OFF" if any(c.status == "Unavailable" for c in self.connectors.values()) else "ON"
         values["last_heartbeat"] = self.last_heartbeat
         values["charging_limit"] = self.charging_limit
         values["charging_limit_unit"] = self.charging_limit_unit
+        values["effective_limit"] = self.effective_limit
+        values["smart_charging"] = _smart_charging_summary(self.capabilities, self.strategy)
+        for connector_id, connector in self.connectors.items():
+            if connector_id > 1 or (connector_id == 1 and len([c for c in self.connectors if c > 0]) > 1):
+                values[f"connector_{connector_id}_status"] = connector.status
+                values[f"connector_{connector_id}_error_code"] = connector.error_code
         return values
+
+
+CHARGING_STATUSES = ("Charging", "SuspendedEV", "SuspendedEVSE")
+
+
+def _smart_charging_summary(capabilities: dict[str, Any], strategy: dict[str, Any] | None) -> str | None:
+    if strategy:
+        connectors = ",".join(str(c) for c in strategy["connector_ids"])
+        return f"{strategy['purpose']} on connector {connectors}, {strategy['kind']}, stack {strategy['stack_level']}, {strategy['unit']}"
+    supported = capabilities.get("smart_charging")
+    if supported is None:
+        return None
+    return "supported" if supported else "not supported"
+
+
+# GetConfiguration keys that tell us how to talk smart charging to a charger.
+CAPABILITY_KEYS = (
+    "SupportedFeatureProfiles", "NumberOfConnectors", "ChargeProfileMaxStackLevel",
+    "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled",
+    "MeterValuesSampledData", "MeterValueSampleInterval", "ConnectorSwitch3to1PhaseSupported",
+)
+_INT_KEYS = {
+    "NumberOfConnectors": "number_of_connectors", "ChargeProfileMaxStackLevel": "max_stack_level",
+    "ChargingScheduleMaxPeriods": "max_periods", "MaxChargingProfilesInstalled": "max_profiles",
+    "MeterValueSampleInterval": "meter_value_sample_interval",
+}
+
+
+def split_list(value: Any) -> list[str]:
+    """'Core, SmartCharging' / 'Current,Power' / 'A W' -> items (chargers disagree on separators)."""
+    return [item.strip() for item in re.split(r"[,;\s]+", str(value or "")) if item.strip()]
+
+
+def parse_configuration(configuration_key: Any) -> dict[str, Any]:
+    """GetConfiguration.conf ``configurationKey`` -> our capabilities (values may be numbers: seen in the field)."""
+    raw: dict[str, Any] = {}
+    for item in configuration_key or []:
+        if isinstance(item, Mapping) and isinstance(item.get("key"), str):
+            raw[item["key"]] = item.get("value")
+    caps: dict[str, Any] = {}
+    if "SupportedFeatureProfiles" in raw:
+        profiles = split_list(raw["SupportedFeatureProfiles"])
+        caps["feature_profiles"] = profiles
+        caps["smart_charging"] = any(p.lower() == "smartcharging" for p in profiles)
+    for key, ours in _INT_KEYS.items():
+        number = parse_number(raw.get(key)) if key in raw else None
+        if number is not None:
+            caps[ours] = int(number)
+    if "ChargingScheduleAllowedChargingRateUnit" in raw:
+        units = {"current": "A", "a": "A", "power": "W", "w": "W"}
+        allowed = [units[u.lower()] for u in split_list(raw["ChargingScheduleAllowedChargingRateUnit"]) if u.lower() in units]
+        if allowed:
+            caps["allowed_units"] = sorted(set(allowed))
+    if "MeterValuesSampledData" in raw:
+        caps["meter_values_sampled_data"] = split_list(raw["MeterValuesSampledData"])
+    if "ConnectorSwitch3to1PhaseSupported" in raw:
+        caps["phase_switching"] = str(raw["ConnectorSwitch3to1PhaseSupported"]).strip().lower() == "true"
+    return caps
