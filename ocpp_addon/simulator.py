@@ -50,6 +50,12 @@ class SimOptions:
     profile_status: str = "Accepted"
     soc: float = 40.0
     extra_ignored_actions: set[str] = field(default_factory=set)
+    # Quirks of real chargers (reference/ocpp-smart-charging.md), for testing the fallback ladder:
+    allowed_units: tuple[str, ...] = ("A", "W")  # e.g. ("W",) for a W-only charger
+    reject_connector_zero: bool = False
+    rejected_purposes: set[str] = field(default_factory=set)  # e.g. {"TxDefaultProfile"}
+    rejected_kinds: set[str] = field(default_factory=set)  # e.g. {"Absolute"}
+    max_stack_level: int = 8
 
 
 class SimulatedCharger(_OcppChargePoint):
@@ -175,6 +181,15 @@ class SimulatedCharger(_OcppChargePoint):
         values.append({"value": f"{o.max_current if self.limit_amps is None else self.limit_amps:.1f}", "measurand": "Current.Offered", "unit": "A", "context": "Sample.Periodic"})
         return values
 
+    async def stop_transaction(self, reason: str = "Local", times: int = 1) -> list[Any]:
+        """StopTransaction (``times`` > 1 replays it, as a popular simulator does on shutdown)."""
+        assert self.transaction_id is not None
+        request = call.StopTransaction(meter_stop=int(self.energy_wh), timestamp=_now(), transaction_id=self.transaction_id, reason=reason)
+        answers = [await self.call(request) for _ in range(times)]
+        self.transaction_id = None
+        await self.status(1, "Finishing")
+        return answers
+
     async def send_meter_values(self, connector: int = 1) -> None:
         await self.call(call.MeterValues(
             connector_id=connector,
@@ -184,9 +199,24 @@ class SimulatedCharger(_OcppChargePoint):
 
     # -- handlers for central system commands -------------------------------------------
 
+    def profile_verdict(self, connector_id: int, profile: dict[str, Any]) -> str:
+        """What this simulated charger answers: its configured status, or Rejected for a quirk it has."""
+        o = self.options
+        schedule = profile["charging_schedule"]
+        if (
+            (connector_id == 0 and o.reject_connector_zero and profile["charging_profile_purpose"] != "ChargePointMaxProfile")
+            or profile["charging_profile_purpose"] in o.rejected_purposes
+            or profile["charging_profile_kind"] in o.rejected_kinds
+            or profile["stack_level"] > o.max_stack_level
+            or schedule["charging_rate_unit"] not in o.allowed_units
+            or connector_id > o.connectors
+        ):
+            return "Rejected"
+        return o.profile_status
+
     @on(Action.set_charging_profile)
     def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any], **kwargs: Any) -> Any:
-        status = self.options.profile_status
+        status = self.profile_verdict(connector_id, cs_charging_profiles)
         if status == "Accepted":
             schedule = cs_charging_profiles["charging_schedule"]
             limit = float(schedule["charging_schedule_period"][0]["limit"])
@@ -217,8 +247,8 @@ class SimulatedCharger(_OcppChargePoint):
         config = {
             "SupportedFeatureProfiles": "Core,FirmwareManagement,SmartCharging,RemoteTrigger",
             "NumberOfConnectors": str(o.connectors),
-            "ChargeProfileMaxStackLevel": "8",
-            "ChargingScheduleAllowedChargingRateUnit": "Current,Power",
+            "ChargeProfileMaxStackLevel": str(o.max_stack_level),
+            "ChargingScheduleAllowedChargingRateUnit": ",".join({"A": "Current", "W": "Power"}[u] for u in o.allowed_units),
             "ChargingScheduleMaxPeriods": "24",
             "MaxChargingProfilesInstalled": "8",
             "MeterValuesSampledData": "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,SoC",
@@ -255,9 +285,23 @@ class SimulatedCharger(_OcppChargePoint):
     def on_remote_start_transaction(self, id_tag: str, **kwargs: Any) -> Any:
         return call_result.RemoteStartTransaction(status="Accepted")
 
+    @after(Action.remote_start_transaction)
+    async def after_remote_start_transaction(self, id_tag: str, **kwargs: Any) -> None:
+        if self.transaction_id is None:
+            response = await self.call(call.StartTransaction(connector_id=kwargs.get("connector_id") or 1, id_tag=id_tag,
+                                                             meter_start=int(self.energy_wh), timestamp=_now()))
+            if response.id_tag_info["status"] == "Accepted":
+                self.transaction_id = response.transaction_id
+                await self.status(1, "Charging")
+
     @on(Action.remote_stop_transaction)
     def on_remote_stop_transaction(self, transaction_id: int, **kwargs: Any) -> Any:
         return call_result.RemoteStopTransaction(status="Accepted" if transaction_id == self.transaction_id else "Rejected")
+
+    @after(Action.remote_stop_transaction)
+    async def after_remote_stop_transaction(self, transaction_id: int, **kwargs: Any) -> None:
+        if transaction_id == self.transaction_id:
+            await self.stop_transaction(reason="Remote")
 
     @on(Action.reset)
     def on_reset(self, type: str, **kwargs: Any) -> Any:
@@ -269,7 +313,14 @@ class SimulatedCharger(_OcppChargePoint):
 
     @on(Action.change_availability)
     def on_change_availability(self, connector_id: int, type: str, **kwargs: Any) -> Any:
+        if connector_id == 0 and self.options.reject_connector_zero:
+            return call_result.ChangeAvailability(status="Rejected")
         return call_result.ChangeAvailability(status="Accepted")
+
+    @after(Action.change_availability)
+    async def after_change_availability(self, connector_id: int, type: str, **kwargs: Any) -> None:
+        if not (connector_id == 0 and self.options.reject_connector_zero):
+            await self.status(connector_id, "Available" if type == "Operative" else "Unavailable")
 
 
 async def connect(url: str, charger_id: str, options: SimOptions | None = None, **connect_kwargs: Any) -> tuple[SimulatedCharger, asyncio.Task[None]]:

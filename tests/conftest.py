@@ -125,6 +125,7 @@ def make_config(broker_port: int, tmp_path: Path, **sections: dict[str, Any]) ->
         "data_dir": str(tmp_path / "data"),
         "ocpp": {"host": "127.0.0.1", "port": free_port(), "response_timeout": 3, "boot_wait": 2},
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "embedded_broker": False, "client_id": f"ocpp-addon-test-{free_port()}"},
+        "charging": {"debounce": 0},  # tests send setpoints one by one; the debounce has its own test
     }
     for name, values in sections.items():
         if isinstance(values, dict):
