@@ -84,6 +84,10 @@ SCHEMA = vol.Schema(
     {
         vol.Optional("log_level", default="info"): vol.All(vol.Lower, vol.In(LOG_LEVELS)),
         vol.Optional("data_dir", default="data"): vol.Coerce(str),
+        # Several instances on one broker (behind a load balancer): each gets its own bridge
+        # device and last will, and subscribes only to the commands of its own chargers.
+        vol.Optional("instance_id", default=None): vol.Any(None, vol.All(vol.Coerce(str), vol.Match(
+            r"^[a-z0-9_-]{1,32}$", msg="expected 1-32 characters of a-z, 0-9, '_' and '-'"))),
         vol.Optional("ocpp", default={}): {
             vol.Optional("host", default="0.0.0.0"): vol.Coerce(str),
             vol.Optional("port", default=9000): PORT,
@@ -160,6 +164,13 @@ SCHEMA = vol.Schema(
         },
     }
 )
+
+
+def bridge_topic(config: Mapping[str, Any], leaf: str = "state") -> str:
+    """``<base>/bridge/<leaf>``, or ``<base>/bridge/<instance_id>/<leaf>`` when several instances share a broker."""
+    base = config["mqtt"]["base_topic"]
+    instance = config.get("instance_id")
+    return f"{base}/bridge/{instance}/{leaf}" if instance else f"{base}/bridge/{leaf}"
 
 
 def _describe(error: vol.Invalid, data: Any, prefix: str = "") -> str:

@@ -18,7 +18,7 @@ import re
 from typing import Any, Mapping
 
 from . import __version__
-from .config import CHARGER_ID_RE
+from .config import CHARGER_ID_RE, bridge_topic
 from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, SENSORS, EntityDescription, connector_entity
 
 _BY_KEY = {d.key: d for d in SENSORS}
@@ -31,6 +31,10 @@ from .state import ChargerState, utc_now_iso
 _LOGGER = logging.getLogger(__name__)
 
 BRIDGE_ID = "ocpp_bridge"
+
+
+def bridge_id(config: Mapping[str, Any]) -> str:
+    return f"{BRIDGE_ID}_{config['instance_id']}" if config.get("instance_id") else BRIDGE_ID
 ORIGIN = {"name": "ocpp_addon", "sw_version": __version__}
 MAX_COMMAND_PAYLOAD = 256
 BIRTH_DELAY_MAX = 2.0  # seconds; Home Assistant asks for a small random delay after its birth message
@@ -101,7 +105,7 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
     base = config["mqtt"]["base_topic"]
     charging = config["charging"]
     cid = state.id
-    device: dict[str, Any] = {"identifiers": [f"ocpp_{cid}"], "name": cid, "via_device": BRIDGE_ID}
+    device: dict[str, Any] = {"identifiers": [f"ocpp_{cid}"], "name": cid, "via_device": bridge_id(config)}
     for key, value in (("manufacturer", state.vendor), ("model", state.model), ("sw_version", state.firmware), ("serial_number", state.serial)):
         if value:
             device[key] = value
@@ -117,8 +121,10 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
     effective.update(unit_of_measurement=charging["unit"], device_class=limit_class)
     components["effective_limit"] = effective
     limit = _command_component(CHARGING_LIMIT, base, cid)
+    # Retained: the broker keeps the desired limit, so a charger that reconnects (to any
+    # instance, after any restart) is handed the last setpoint again.
     limit.update(min=charging["min"], max=charging["max"], step=charging["step"], mode="slider",
-                 unit_of_measurement=charging["unit"], device_class=limit_class)
+                 unit_of_measurement=charging["unit"], device_class=limit_class, retain=True)
     components["charging_limit"] = limit
     for desc in CONTROLS:
         components[desc.key] = _command_component(desc, base, cid)
@@ -131,7 +137,7 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
         "device": device,
         "origin": ORIGIN,
         "state_topic": f"{base}/{cid}/state",
-        "availability": [{"topic": f"{base}/bridge/state"}, {"topic": f"{base}/{cid}/availability"}],
+        "availability": [{"topic": bridge_topic(config)}, {"topic": f"{base}/{cid}/availability"}],
         "availability_mode": "all",
         "components": components,
         "qos": 1,
@@ -139,32 +145,22 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
 
 
 def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
-    base = config["mqtt"]["base_topic"]
+    ident = bridge_id(config)
+    instance = config.get("instance_id")
+    components = {}
+    for key, name, extra in (
+        ("connected_chargers", "Connected chargers", {"state_class": "measurement", "icon": "mdi:ev-station"}),
+        ("version", "Version", {"entity_category": "diagnostic", "icon": "mdi:information-outline"}),
+    ):
+        components[key] = {"platform": "sensor", "unique_id": f"{ident}_{key}", "default_entity_id": f"sensor.{ident}_{key}",
+                           "name": name, "value_template": "{{ value_json.%s }}" % key, **extra}
     return {
-        "device": {"identifiers": [BRIDGE_ID], "name": "OCPP bridge", "manufacturer": "ocpp_addon", "model": "OCPP 1.6J central system", "sw_version": __version__},
+        "device": {"identifiers": [ident], "name": f"OCPP bridge {instance}" if instance else "OCPP bridge",
+                   "manufacturer": "ocpp_addon", "model": "OCPP 1.6J central system", "sw_version": __version__},
         "origin": ORIGIN,
-        "state_topic": f"{base}/bridge/info",
-        "availability": [{"topic": f"{base}/bridge/state"}],
-        "components": {
-            "connected_chargers": {
-                "platform": "sensor",
-                "unique_id": f"{BRIDGE_ID}_connected_chargers",
-                "default_entity_id": "sensor.ocpp_bridge_connected_chargers",
-                "name": "Connected chargers",
-                "state_class": "measurement",
-                "icon": "mdi:ev-station",
-                "value_template": "{{ value_json.connected_chargers }}",
-            },
-            "version": {
-                "platform": "sensor",
-                "unique_id": f"{BRIDGE_ID}_version",
-                "default_entity_id": "sensor.ocpp_bridge_version",
-                "name": "Version",
-                "entity_category": "diagnostic",
-                "icon": "mdi:information-outline",
-                "value_template": "{{ value_json.version }}",
-            },
-        },
+        "state_topic": bridge_topic(config, "info"),
+        "availability": [{"topic": bridge_topic(config)}],
+        "components": components,
         "qos": 1,
     }
 
@@ -244,11 +240,31 @@ class HomeAssistantSink:
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._birth_handle: asyncio.TimerHandle | None = None
+        self.instance: str | None = config.get("instance_id")
+        self._owners: dict[str, str] = {}  # charger -> instance that holds its connection (multi-instance)
+
+    def _command_topics(self, cid: str) -> tuple[str, str]:
+        return f"{self.base}/{cid}/+/set", f"{self.base}/{cid}/charging_limit/clear"
+
+    def _subscribe_commands(self, cid: str) -> None:
+        for topic in self._command_topics(cid):
+            self.mqtt.subscribe(topic, self._on_command)
+
+    def _on_connection(self, topic: str, payload: bytes) -> None:
+        cid = topic[len(self.base) + 1 :].split("/")[0]
+        try:
+            self._owners[cid] = json.loads(payload)["instance"]
+        except (ValueError, KeyError, TypeError):
+            self._owners.pop(cid, None)
 
     def start(self) -> None:
         self.mqtt.on_connect(self.publish_all)
-        self.mqtt.subscribe(f"{self.base}/+/+/set", self._on_command)
-        self.mqtt.subscribe(f"{self.base}/+/charging_limit/clear", self._on_command)
+        if self.instance is None:
+            self._subscribe_commands("+")
+        else:
+            # Several instances: commands route themselves, each instance listens to its own chargers only;
+            # who owns a charger is published retained, so a late 'offline' cannot hide a moved charger.
+            self.mqtt.subscribe(f"{self.base}/+/connection", self._on_connection)
         if self.discovery_enabled:
             self.mqtt.subscribe(f"{self.prefix}/status", self._on_ha_status)
 
@@ -265,6 +281,16 @@ class HomeAssistantSink:
             self._publish_event(cid, event.data)
         elif kind in (CONNECTED, DISCONNECTED):
             assert event.state is not None
+            if self.instance is not None:
+                if kind == CONNECTED:
+                    self._owners[cid] = self.instance
+                    self.mqtt.publish(f"{self.base}/{cid}/connection", json.dumps({"instance": self.instance}), retain=True, qos=1)
+                    self._subscribe_commands(cid)
+                else:
+                    for command_topic in self._command_topics(cid):
+                        self.mqtt.unsubscribe(command_topic)
+                    if self._owners.get(cid, self.instance) != self.instance:
+                        return  # the charger already moved to another instance: not ours to mark offline
             self.mqtt.publish(f"{self.base}/{cid}/availability", "online" if kind == CONNECTED else "offline", retain=True, qos=1)
             if kind == CONNECTED:
                 self._publish_discovery(event.state)
@@ -309,15 +335,18 @@ class HomeAssistantSink:
         self.mqtt.publish(f"{self.base}/{charger_id}/event", json.dumps({**data, "timestamp": utc_now_iso()}), qos=1)
 
     def _publish_bridge_info(self) -> None:
-        info = {"version": __version__, "connected_chargers": len(self.hub.connected), "chargers": sorted(self.hub.states)}
-        self.mqtt.publish(f"{self.base}/bridge/info", json.dumps(info), retain=True, qos=1)
+        info = {"version": __version__, "instance_id": self.instance, "connected_chargers": len(self.hub.connected),
+                "chargers": sorted(self.hub.states)}
+        self.mqtt.publish(bridge_topic(self.config, "info"), json.dumps(info), retain=True, qos=1)
 
     def publish_all(self) -> None:
         """After a broker (re)connect or Home Assistant's birth: everything, from scratch."""
         if self.discovery_enabled:
-            self.mqtt.publish(f"{self.prefix}/device/{BRIDGE_ID}/config", json.dumps(bridge_discovery(self.config)), retain=True, qos=1)
+            self.mqtt.publish(f"{self.prefix}/device/{bridge_id(self.config)}/config", json.dumps(bridge_discovery(self.config)), retain=True, qos=1)
         self._publish_bridge_info()
         for cid, state in self.hub.states.items():
+            if self.instance is not None and not state.connected:
+                continue  # another instance may hold it; whoever does publishes it
             self._publish_discovery(state, force=True)
             self.mqtt.publish(f"{self.base}/{cid}/availability", "online" if state.connected else "offline", retain=True, qos=1)
             self._mark_dirty(cid)

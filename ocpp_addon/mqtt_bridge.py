@@ -19,6 +19,8 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from .config import bridge_topic
+
 _LOGGER = logging.getLogger(__name__)
 
 MessageCallback = Callable[[str, bytes], None]
@@ -31,7 +33,7 @@ class MqttBridge:
         self.host: str = cfg["host"]
         self.port: int = cfg["port"]
         self.base: str = cfg["base_topic"]
-        self.state_topic = f"{self.base}/bridge/state"
+        self.state_topic = bridge_topic(config)
         self._keepalive: int = cfg["keepalive"]
         self._loop = loop
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
