@@ -303,7 +303,8 @@ class HomeAssistantSink:
         elif kind == REMOVED:
             self._published_discovery.pop(cid, None)
             self.mqtt.publish(discovery_topic(self.prefix, cid), "", retain=True, qos=1)
-            for topic in ("state", "availability"):
+            # also the retained desired setpoint, or a new charger with this id would inherit it
+            for topic in ("state", "availability", "connection", "charging_limit/set"):
                 self.mqtt.publish(f"{self.base}/{cid}/{topic}", "", retain=True, qos=1)
 
     def _mark_dirty(self, charger_id: str) -> None:
@@ -369,6 +370,9 @@ class HomeAssistantSink:
             return
         if verb == "clear":
             command = "clear_limit"
+        if not payload and cid not in self.hub.states:
+            _LOGGER.debug("%s: retained %s cleared", cid, command)  # the broker deleting a removed charger's setpoint
+            return
         handler = self._COMMANDS.get(command)
         if handler is None:
             _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
