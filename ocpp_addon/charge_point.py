@@ -198,7 +198,12 @@ class ChargePoint(_OcppChargePoint):
             _LOGGER.warning("%s: %s rejected with %s: %s", self.id, msg.action, _WIRE_CODES.get(err.code, err.code), cause)
             await self._send_error(msg.unique_id, err)
             return
-        kwargs = snake_keys(msg.payload)
+        if msg.action == Action.meter_values:
+            # Hot path: nested keys of sampled values are single words, equal in both casings;
+            # state.parse_meter_values reads 'sampledValue' as it is.
+            kwargs = {_snake(k): v for k, v in msg.payload.items()}
+        else:
+            kwargs = snake_keys(msg.payload)
         try:
             response = handlers["_on_action"](**kwargs)
             if inspect.isawaitable(response):

@@ -23,6 +23,7 @@ from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, SENSORS, Entity
 
 _BY_KEY = {d.key: d for d in SENSORS}
 CONTROLS_BY_KEY = {d.key: d for d in CONTROLS}
+DYNAMIC_KEYS = frozenset(d.key for d in SENSORS if d.dynamic)
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
 from .profiles import SetpointError, convert_limit
@@ -237,6 +238,7 @@ class HomeAssistantSink:
         self.prefix = config["mqtt"]["discovery_prefix"]
         self.discovery_enabled = config["mqtt"]["discovery"]
         self._published_discovery: dict[str, str] = {}
+        self._announced: dict[str, frozenset[str]] = {}  # component keys in the last discovery, per charger
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._birth_handle: asyncio.TimerHandle | None = None
@@ -274,8 +276,9 @@ class HomeAssistantSink:
         kind, cid = event.kind, event.charger_id
         if kind == UPDATED:
             assert event.state is not None
-            if self.discovery_enabled and any(k in event.state.readings for k in event.changed):
-                self._publish_discovery(event.state)  # no-op unless a new dynamic key appeared
+            announced = self._announced.get(cid, frozenset())
+            if self.discovery_enabled and any(k not in announced and (k in DYNAMIC_KEYS or k.startswith("connector_")) for k in event.changed):
+                self._publish_discovery(event.state)  # a new per-phase or per-connector value: announce it
             self._mark_dirty(cid)
         elif kind == RESULT:
             self._publish_event(cid, event.data)
@@ -325,7 +328,9 @@ class HomeAssistantSink:
     def _publish_discovery(self, state: ChargerState, force: bool = False) -> None:
         if not self.discovery_enabled:
             return
-        payload = json.dumps(device_discovery(state, self.config))
+        discovery = device_discovery(state, self.config)
+        self._announced[state.id] = frozenset(discovery["components"])
+        payload = json.dumps(discovery)
         if force or self._published_discovery.get(state.id) != payload:
             self._published_discovery[state.id] = payload
             self.mqtt.publish(discovery_topic(self.prefix, state.id), payload, retain=True, qos=1)

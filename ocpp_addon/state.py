@@ -122,7 +122,7 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
     """
     readings: dict[str, float] = {}
     for sample in sampled:
-        if not isinstance(sample, Mapping):
+        if not isinstance(sample, dict):
             continue
         measurand = sample.get("measurand") or DEFAULT_MEASURAND
         known = MEASURANDS.get(measurand)
@@ -157,11 +157,11 @@ def parse_meter_values(meter_value: Any) -> dict[str, float]:
     overwrite newer ones; a single object instead of a list (seen in the field) is
     accepted.
     """
-    if isinstance(meter_value, Mapping):
+    if isinstance(meter_value, dict):
         meter_value = [meter_value]
     if not isinstance(meter_value, list):
         return {}
-    entries = [m for m in meter_value if isinstance(m, Mapping)]
+    entries = [m for m in meter_value if isinstance(m, dict)]
     epoch = datetime.min.replace(tzinfo=timezone.utc)
     entries.sort(key=lambda m: parse_timestamp(m.get("timestamp")) or epoch)
     readings: dict[str, float] = {}
