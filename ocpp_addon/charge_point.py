@@ -58,6 +58,7 @@ from .profiles import (
 from .state import (
     CAPABILITY_KEYS,
     ChargerState,
+    latest_meter_values,
     parse_configuration,
     parse_meter_values,
     parse_number,
@@ -109,6 +110,53 @@ def _short(frame: Any) -> str:
     return text if len(text) <= _LOG_FRAME_CHARS else text[:_LOG_FRAME_CHARS] + "..."
 
 
+class InvalidResponse(Exception):
+    """A charger's CALLRESULT that breaks the OCPP 1.6 schema; the message names the field."""
+
+
+def _stringify_values(meter_value: Any) -> Any:
+    entries = [meter_value] if isinstance(meter_value, dict) else meter_value
+    if not isinstance(entries, list):
+        return meter_value
+    for entry in entries:
+        for sample in entry.get("sampledValue", []) if isinstance(entry, dict) else []:
+            if isinstance(sample, dict) and isinstance(sample.get("value"), (int, float)) and not isinstance(sample["value"], bool):
+                sample["value"] = str(sample["value"])
+    return entries
+
+
+def normalize_call(action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Repair quirks seen in real firmware (lenient mode); None when the result still breaks the schema.
+
+    meterValue sent as an object, sampled values as JSON numbers, an idTag longer than 20
+    characters in StopTransaction (the charger would replay it forever if refused).
+    """
+    fixed = json.loads(json.dumps(payload))
+    for key in ("meterValue", "transactionData"):
+        if key in fixed:
+            fixed[key] = _stringify_values(fixed[key])
+    if action == "StopTransaction" and isinstance(fixed.get("idTag"), str):
+        fixed["idTag"] = fixed["idTag"][:20]
+    try:
+        validation.validate_call(action, fixed)
+    except (OCPPError, ValueError):
+        return None
+    return fixed
+
+
+def normalize_result(action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Lenient mode for answers: GetConfiguration values as numbers or booleans become strings."""
+    fixed = json.loads(json.dumps(payload))
+    for item in fixed.get("configurationKey", []) if action == "GetConfiguration" else []:
+        if isinstance(item, dict) and "value" in item and not isinstance(item["value"], str):
+            item["value"] = json.dumps(item["value"]) if isinstance(item["value"], bool) else str(item["value"])
+    try:
+        validation.validate_result(action, fixed)
+    except (OCPPError, ValueError):
+        return None
+    return fixed
+
+
 class ChargePoint(_OcppChargePoint):
     """A connected charger. Created per WebSocket connection by the central system."""
 
@@ -117,10 +165,13 @@ class ChargePoint(_OcppChargePoint):
         self.hub = hub
         self.config = config
         self.state: ChargerState = hub.state_for(charger_id)
+        lenient = config["ocpp"]["lenient"]
+        self.lenient = "*" in lenient or charger_id in lenient  # repair known firmware quirks instead of refusing
         self.ready = asyncio.Event()  # booted (or evidently running): CS-initiated calls may go out
         self.configured = asyncio.Event()  # capabilities read (or given up on): profiles may be planned
         self._after_tasks: set[asyncio.Task[Any]] = set()
         self._energy_drops = 0
+        self._newest_sample: dict[int, datetime] = {}
 
     # -- receive path -------------------------------------------------------
 
@@ -195,9 +246,13 @@ class ChargePoint(_OcppChargePoint):
             validation.validate_call(msg.action, msg.payload)
         except OCPPError as err:
             cause = (err.details or {}).get("cause", err.description)
-            _LOGGER.warning("%s: %s rejected with %s: %s", self.id, msg.action, _WIRE_CODES.get(err.code, err.code), cause)
-            await self._send_error(msg.unique_id, err)
-            return
+            fixed = normalize_call(msg.action, msg.payload) if self.lenient else None
+            if fixed is None:
+                _LOGGER.warning("%s: %s rejected with %s: %s", self.id, msg.action, _WIRE_CODES.get(err.code, err.code), cause)
+                await self._send_error(msg.unique_id, err)
+                return
+            _LOGGER.info("%s: accepted a non-compliant %s (lenient mode): %s", self.id, msg.action, cause)
+            msg.payload = fixed
         if msg.action == Action.meter_values:
             # Hot path: nested keys of sampled values are single words, equal in both casings;
             # state.parse_meter_values reads 'sampledValue' as it is.
@@ -223,6 +278,42 @@ class ChargePoint(_OcppChargePoint):
                 task.add_done_callback(self._after_tasks.discard)
         if msg.action != Action.boot_notification and not self.ready.is_set():
             self._mark_ready("it is evidently running (sent %s)" % msg.action)
+
+    async def call(self, payload: Any, suppress: bool = True, unique_id: str | None = None,
+                   skip_schema_validation: bool = False) -> Any:
+        """Send a CALL and return the charger's answer as the library's result dataclass.
+
+        Replaces the library's ``call()`` to use the compiled validator and to tell
+        a charger's CALLERROR (:class:`ocpp.exceptions.OCPPError`) apart from a
+        CALLRESULT that breaks the schema (:class:`InvalidResponse`, naming the field).
+        """
+        action = type(payload).__name__
+        request = camel_keys(remove_nones(serialize_as_dict(payload)))
+        if not skip_schema_validation:
+            validation.validate_call(action, request)
+        unique_id = unique_id or str(self._unique_id_generator())
+        async with self._call_lock:
+            await self._send(json.dumps([2, unique_id, action, request], separators=(",", ":")))
+            try:
+                response = await self._get_specific_response(unique_id, self._response_timeout)
+            except asyncio.TimeoutError:
+                raise asyncio.TimeoutError(f"no answer to {action} within {self._response_timeout:g} s") from None
+        if response.message_type_id == 4:
+            if suppress:
+                return None
+            raise response.to_exception()
+        answer = response.payload
+        if not skip_schema_validation:
+            try:
+                validation.validate_result(action, answer)
+            except OCPPError as err:
+                lenient = normalize_result(action, answer) if self.lenient else None
+                if lenient is None:
+                    raise InvalidResponse((err.details or {}).get("cause", err.description)) from None
+                _LOGGER.info("%s: accepted a non-compliant %s answer (lenient mode): %s", self.id, action,
+                             (err.details or {}).get("cause", err.description))
+                answer = lenient
+        return getattr(call_result, action)(**snake_keys(answer))
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:
         code = _WIRE_CODES.get(error.code, error.code)
@@ -286,7 +377,13 @@ class ChargePoint(_OcppChargePoint):
 
     @on(Action.meter_values)
     def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **kwargs: Any) -> Any:
-        self._apply_readings(parse_meter_values(meter_value), connector_id)
+        # Samples older than the newest already applied for this connector are replays of a
+        # charger's offline queue: acknowledged, but they must not overwrite live readings.
+        readings, newest = latest_meter_values(meter_value, self._newest_sample.get(connector_id))
+        if newest is not None:
+            self._newest_sample[connector_id] = newest
+        if readings:
+            self._apply_readings(readings, connector_id)
         return call_result.MeterValues()
 
     def _apply_readings(self, readings: dict[str, float], connector_id: int = 0) -> None:
@@ -669,6 +766,9 @@ class ChargePoint(_OcppChargePoint):
         except asyncio.TimeoutError:
             _LOGGER.warning("%s: no answer to %s within %ss", self.id, action, self._response_timeout)
             return {"status": "Timeout", "reason": f"no answer within {self._response_timeout:g} s"}
+        except InvalidResponse as err:
+            _LOGGER.warning("%s: %s answer breaks the OCPP schema: %s", self.id, action, err)
+            return {"status": "InvalidResponse", "reason": str(err)}
         except OCPPError as err:
             _LOGGER.warning("%s: %s answered with CALLERROR %s", self.id, action, err.code)
             return {"status": "CallError", "reason": f"{err.code}: {err.description}"}

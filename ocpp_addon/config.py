@@ -99,6 +99,8 @@ SCHEMA = vol.Schema(
             # Seconds to wait for a BootNotification before talking to a charger that never sends one.
             vol.Optional("boot_wait", default=5): POSITIVE_SECONDS,
             vol.Optional("require_subprotocol", default=False): vol.Boolean(),
+            # Charge point ids ("*": all) whose known firmware quirks are repaired instead of refused.
+            vol.Optional("lenient", default=[]): [vol.Any("*", _charger_id)],
             vol.Optional("max_message_size", default=65536): vol.All(vol.Coerce(int), vol.Range(min=1024, max=16 * 2**20)),
             vol.Optional("ssl_certfile", default=None): vol.Any(None, vol.Coerce(str)),
             vol.Optional("ssl_keyfile", default=None): vol.Any(None, vol.Coerce(str)),

@@ -121,6 +121,7 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
     phase (what a limit in amps applies to), voltage the mean.
     """
     readings: dict[str, float] = {}
+    from_boundary: set[str] = set()  # keys read from a Transaction.Begin/End sample
     for sample in sampled:
         if not isinstance(sample, dict):
             continue
@@ -137,10 +138,22 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
         if converted is None:
             _LOGGER.debug("skipping %s with unknown unit %r", measurand, sample.get("unit"))
             continue
-        readings[key + _phase_suffix(sample.get("phase"))] = round(converted, 6)
+        full_key = key + _phase_suffix(sample.get("phase"))
+        # Some chargers repeat the Transaction.Begin reading inside every periodic sample:
+        # a live reading of the same quantity wins over a session-boundary one.
+        boundary = sample.get("context") in BOUNDARY_CONTEXTS
+        if boundary and full_key in readings and full_key not in from_boundary:
+            continue
+        if boundary:
+            from_boundary.add(full_key)
+        else:
+            from_boundary.discard(full_key)
+        readings[full_key] = round(converted, 6)
     currents = [readings[f"current_{p}"] for p in ("l1", "l2", "l3") if f"current_{p}" in readings]
     if "current" not in readings and currents:
         readings["current"] = max(currents)  # the per-phase current a limit in A is compared with
+    elif "current" not in readings and "current_n" in readings:
+        readings["current"] = readings["current_n"]  # single-phase chargers that label their phase N
     powers = [readings[f"power_{p}"] for p in ("l1", "l2", "l3") if f"power_{p}" in readings]
     if "power" not in readings and powers:
         readings["power"] = round(sum(powers), 6)
@@ -150,24 +163,42 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
     return readings
 
 
-def parse_meter_values(meter_value: Any) -> dict[str, float]:
+BOUNDARY_CONTEXTS = frozenset({"Transaction.Begin", "Transaction.End"})
+
+
+def parse_meter_values(meter_value: Any, newer_than: datetime | None = None) -> dict[str, float]:
     """A MeterValues/StopTransaction ``meterValue`` list -> latest reading per key.
 
-    Entries are applied in timestamp order so queued, replayed samples do not
-    overwrite newer ones; a single object instead of a list (seen in the field) is
-    accepted.
+    Entries are applied in timestamp order, and entries older than ``newer_than``
+    are skipped, so queued samples a charger replays hours late do not overwrite
+    current ones. A single object instead of a list (seen in the field) is accepted.
     """
+    return latest_meter_values(meter_value, newer_than)[0]
+
+
+def latest_meter_values(meter_value: Any, newer_than: datetime | None = None) -> tuple[dict[str, float], datetime | None]:
+    """Like :func:`parse_meter_values`, also returning the newest sample time (future times count as now)."""
     if isinstance(meter_value, dict):
         meter_value = [meter_value]
     if not isinstance(meter_value, list):
-        return {}
-    entries = [m for m in meter_value if isinstance(m, dict)]
+        return {}, None
+    now = datetime.now(timezone.utc)
+    dated = []
+    for entry in meter_value:
+        if isinstance(entry, dict):
+            moment = parse_timestamp(entry.get("timestamp"))
+            dated.append((min(moment, now) if moment else None, entry))
     epoch = datetime.min.replace(tzinfo=timezone.utc)
-    entries.sort(key=lambda m: parse_timestamp(m.get("timestamp")) or epoch)
+    dated.sort(key=lambda pair: pair[0] or epoch)
     readings: dict[str, float] = {}
-    for entry in entries:
+    newest = None
+    for moment, entry in dated:
+        if newer_than is not None and moment is not None and moment < newer_than:
+            continue
         readings.update(parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or []))
-    return readings
+        if moment is not None:
+            newest = moment
+    return readings, newest
 
 
 def utc_now_iso() -> str:
