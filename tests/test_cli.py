@@ -54,6 +54,7 @@ async def test_ready_line_sigterm_exit_zero_and_offline(broker: EmbeddedBroker, 
     assert f"ws://127.0.0.1:{config['ocpp']['port']}/<charge_point_id>" in ready and f"127.0.0.1:{broker.port}" in ready
     await probe.wait_for("ocpp/bridge/state", lambda p: p == b"online")
     sim, task = await connect(f"ws://127.0.0.1:{config['ocpp']['port']}", "wallbox-1")
+    await asyncio.wait_for(sim.booted.wait(), TIMEOUT)  # stop it mid-run, not mid-boot
     await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"online")
     mark = probe.mark()
     proc.send_signal(signal.SIGTERM)
