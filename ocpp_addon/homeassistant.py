@@ -24,7 +24,7 @@ from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, SENSORS, Entity
 _BY_KEY = {d.key: d for d in SENSORS}
 CONTROLS_BY_KEY = {d.key: d for d in CONTROLS}
 DYNAMIC_KEYS = frozenset(d.key for d in SENSORS if d.dynamic)
-from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
+from .hub import CONNECTED, DISCONNECTED, FINAL_REFUSALS, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
 from .profiles import SetpointError, convert_limit
 from .state import ChargerState, utc_now_iso
@@ -68,6 +68,7 @@ def _component(desc: EntityDescription, charger_id: str) -> dict[str, Any]:
         "default_entity_id": f"{desc.platform}.{object_id(charger_id)}_{desc.key}",
         "name": desc.name,
         "value_template": "{{ value_json.%s }}" % desc.key,
+        "qos": 1,  # HA does not pass the device-level qos on to entities (seen in 2025.4)
     }
     for key, value in (
         ("device_class", desc.device_class),
@@ -122,10 +123,12 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
     effective.update(unit_of_measurement=charging["unit"], device_class=limit_class)
     components["effective_limit"] = effective
     limit = _command_component(CHARGING_LIMIT, base, cid)
-    # Retained: the broker keeps the desired limit, so a charger that reconnects (to any
-    # instance, after any restart) is handed the last setpoint again.
     limit.update(min=charging["min"], max=charging["max"], step=charging["step"], mode="slider",
-                 unit_of_measurement=charging["unit"], device_class=limit_class, retain=True)
+                 unit_of_measurement=charging["unit"], device_class=limit_class)
+    if config.get("instance_id"):
+        # Several instances: the broker keeps the desired limit (retained), so whichever
+        # instance a charger connects to next is handed the last setpoint.
+        limit["retain"] = True
     components["charging_limit"] = limit
     for desc in CONTROLS:
         components[desc.key] = _command_component(desc, base, cid)
@@ -154,7 +157,7 @@ def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
         ("version", "Version", {"entity_category": "diagnostic", "icon": "mdi:information-outline"}),
     ):
         components[key] = {"platform": "sensor", "unique_id": f"{ident}_{key}", "default_entity_id": f"sensor.{ident}_{key}",
-                           "name": name, "value_template": "{{ value_json.%s }}" % key, **extra}
+                           "name": name, "value_template": "{{ value_json.%s }}" % key, "qos": 1, **extra}
     return {
         "device": {"identifiers": [ident], "name": f"OCPP bridge {instance}" if instance else "OCPP bridge",
                    "manufacturer": "ocpp_addon", "model": "OCPP 1.6J central system", "sw_version": __version__},
@@ -282,6 +285,12 @@ class HomeAssistantSink:
             self._mark_dirty(cid)
         elif kind == RESULT:
             self._publish_event(cid, event.data)
+            if self.instance is not None and event.data.get("command") == "charging_limit" and event.data.get("status") in FINAL_REFUSALS:
+                # keep the broker's retained desired limit equal to what the charger accepted
+                state = self.hub.states.get(cid)
+                if state is not None and state.charging_limit is not None:
+                    self.mqtt.publish(f"{self.base}/{cid}/charging_limit/set", json.dumps(
+                        {"limit": state.charging_limit, "unit": state.charging_limit_unit}), retain=True, qos=1)
         elif kind in (CONNECTED, DISCONNECTED):
             assert event.state is not None
             if self.instance is not None:

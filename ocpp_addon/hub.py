@@ -32,6 +32,9 @@ RESULT = "result"  # outcome of a command, for the event topic
 RAW_FRAME = "raw_frame"
 REMOVED = "removed"
 
+# Answers that settle a setpoint: it is not retried on reconnect (a Timeout or a lost connection is).
+FINAL_REFUSALS = frozenset({"Rejected", "NotSupported", "CallError", "InvalidResponse", "Invalid"})
+
 
 @dataclass(slots=True)
 class Event:
@@ -234,6 +237,10 @@ class Hub:
                 self._spawn(cp.refresh_effective_limit())
             else:
                 _LOGGER.warning("%s: charging limit %g %s not applied: %s %s", cp.id, limit, unit, result["status"], result.get("reason", ""))
+                if result["status"] in FINAL_REFUSALS and (state.requested_limit, state.requested_unit) == (limit, unit):
+                    # answered: the request is settled, so a reconnect does not send it again
+                    state.requested_limit, state.requested_unit = state.charging_limit, state.charging_limit_unit
+                    self.store.update_charger(cp.id, requested_limit=state.requested_limit, requested_unit=state.requested_unit)
             self.emit(Event(RESULT, cp.id, state, data=result))
 
     def _spawn(self, coro: Any) -> None:

@@ -217,3 +217,17 @@ async def test_commands_reach_the_charger_and_report_results(service: Service, p
     assert schedule["response"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 16
     assert (await hub.command("nobody", "reset"))["status"] == "UnknownCharger"
     assert (await hub.command("wallbox-1", "fly"))["status"] == "UnknownCommand"
+
+
+async def test_a_rejected_setpoint_is_settled_and_not_resent_on_reconnect(service: Service, probe: MqttProbe) -> None:
+    sim = await service.charger("wallbox-1", profile_status="Rejected")
+    probe.publish(LIMIT_SET, "10")
+    await probe.wait_json(EVENT, lambda d: d["status"] == "Rejected")
+    await sim._connection.close()
+    await service.wait_event(DISCONNECTED, "wallbox-1")
+    again = await service.charger("wallbox-1")
+    await again.wait_for_call("GetConfiguration")  # the service talked to it: a resend would have come first
+    probe.publish("ocpp/wallbox-1/refresh/set", "x")
+    await again.wait_for_call("TriggerMessage")
+    assert again.calls("SetChargingProfile") == []
+    assert service.app.store.chargers["wallbox-1"].get("requested_limit") is None
