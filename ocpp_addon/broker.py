@@ -47,7 +47,8 @@ class EmbeddedBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence true\n"
+            # set_tcp_nodelay: small publishes (state, then the command result) must not wait ~40 ms on Nagle
+            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence true\nset_tcp_nodelay true\n"
             f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n",
             encoding="utf-8",
         )

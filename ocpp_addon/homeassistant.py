@@ -38,6 +38,7 @@ def bridge_id(config: Mapping[str, Any]) -> str:
     return f"{BRIDGE_ID}_{config['instance_id']}" if config.get("instance_id") else BRIDGE_ID
 ORIGIN = {"name": "ocpp_addon", "sw_version": __version__}
 MAX_COMMAND_PAYLOAD = 256
+BRIDGE_INFO_DELAY = 1.0
 BIRTH_DELAY_MAX = 2.0  # seconds; Home Assistant asks for a small random delay after its birth message
 
 
@@ -240,11 +241,12 @@ class HomeAssistantSink:
         self.base = config["mqtt"]["base_topic"]
         self.prefix = config["mqtt"]["discovery_prefix"]
         self.discovery_enabled = config["mqtt"]["discovery"]
-        self._published_discovery: dict[str, str] = {}
+        self._published_discovery: dict[str, bytes] = {}
         self._announced: dict[str, frozenset[str]] = {}  # component keys in the last discovery, per charger
         self._dirty: set[str] = set()
         self._flush_scheduled = False
         self._birth_handle: asyncio.TimerHandle | None = None
+        self._bridge_info_handle: asyncio.TimerHandle | None = None
         self.instance: str | None = config.get("instance_id")
         self._owners: dict[str, str] = {}  # charger -> instance that holds its connection (multi-instance)
 
@@ -307,7 +309,7 @@ class HomeAssistantSink:
             if kind == CONNECTED:
                 self._publish_discovery(event.state)
             self._mark_dirty(cid)
-            self._publish_bridge_info()
+            self._schedule_bridge_info()
         elif kind == IDENTIFIED:
             assert event.state is not None
             self._publish_discovery(event.state)
@@ -340,8 +342,9 @@ class HomeAssistantSink:
         discovery = device_discovery(state, self.config)
         self._announced[state.id] = frozenset(discovery["components"])
         payload = json.dumps(discovery)
-        if force or self._published_discovery.get(state.id) != payload:
-            self._published_discovery[state.id] = payload
+        digest = hashlib.blake2b(payload.encode(), digest_size=16).digest()  # 16 bytes, not ~10 kB, per charger
+        if force or self._published_discovery.get(state.id) != digest:
+            self._published_discovery[state.id] = digest
             self.mqtt.publish(discovery_topic(self.prefix, state.id), payload, retain=True, qos=1)
 
     def _publish_event(self, charger_id: str, data: dict[str, Any]) -> None:
@@ -349,7 +352,15 @@ class HomeAssistantSink:
             return
         self.mqtt.publish(f"{self.base}/{charger_id}/event", json.dumps({**data, "timestamp": utc_now_iso()}), qos=1)
 
+    def _schedule_bridge_info(self) -> None:
+        """At most one bridge/info per second: it lists every charger, and reconnect storms come in thousands."""
+        if self._bridge_info_handle is None:
+            self._bridge_info_handle = asyncio.get_running_loop().call_later(BRIDGE_INFO_DELAY, self._publish_bridge_info)
+
     def _publish_bridge_info(self) -> None:
+        if self._bridge_info_handle is not None:
+            self._bridge_info_handle.cancel()
+            self._bridge_info_handle = None
         info = {"version": __version__, "instance_id": self.instance, "connected_chargers": len(self.hub.connected),
                 "chargers": sorted(self.hub.states)}
         self.mqtt.publish(bridge_topic(self.config, "info"), json.dumps(info), retain=True, qos=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _LOGGER = logging.getLogger(__name__)
-SAVE_DELAY = 0.2
+SAVE_DELAY = 1.0  # coalesces a reconnect storm of thousands of chargers into a few writes
 
 
 class Store:
@@ -26,6 +26,7 @@ class Store:
         self.path = Path(data_dir) / "state.json"
         self.data: dict[str, Any] = {"version": 1, "chargers": {}, "next_transaction_id": 1}
         self._save_handle: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -76,17 +77,37 @@ class Store:
         except RuntimeError:
             self.save()
             return
-        self._save_handle = loop.call_later(SAVE_DELAY, self.save)
+        self._save_handle = loop.call_later(SAVE_DELAY, self._save_soon)
 
     def save(self) -> None:
+        """Write now, on this thread (at shutdown, or without an event loop)."""
         if self._save_handle is not None:
             self._save_handle.cancel()
             self._save_handle = None
+        self._write(self._snapshot())
+
+    def _save_soon(self) -> None:
+        """Timer callback: snapshot on the loop (consistent), write and fsync off it."""
+        self._save_handle = None
+        self._writing = asyncio.get_running_loop().run_in_executor(None, self._write, self._snapshot())
+
+    async def close(self) -> None:
+        """Final save: after any write still in flight, so an older snapshot cannot land last."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+            self._writing = None
+        self.save()
+
+    def _snapshot(self) -> str:
+        # The C encoder: indent/sort_keys would fall back to the slow pure-Python one.
+        return json.dumps(self.data, separators=(",", ":"))
+
+    def _write(self, text: str) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.data, handle, indent=1, sort_keys=True)
+                handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
