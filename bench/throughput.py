@@ -1,0 +1,297 @@
+"""Throughput: N chargers send MeterValues every --interval s for --duration s; what does it cost?
+
+Starts mosquitto and the service (``python -m ocpp_addon`` as a subprocess, so its CPU time
+and RSS are its own), connects a fleet of raw-websocket chargers in worker processes
+(BootNotification + StatusNotification each), then measures a window of MeterValues
+(9 sampled values each) and prints:
+
+* OCPP messages/s answered, offered rate, round trip at the charger side (p50/p90/p99/max),
+  errors (CALLERROR, timeout, closed, disconnects) and late ticks (sends that started more
+  than half an interval late: the service or the generator fell behind);
+* MQTT messages/s out, counted by a paho subscriber on ``<base>/+/state``;
+* service CPU (process CPU seconds / wall seconds, all threads) and CPU per message;
+* RSS before any charger, with the fleet connected and idle, under load; RSS per charger;
+* mosquitto CPU, generator CPU (so you can see whether the generator was the bottleneck).
+
+``--compare-baseline`` runs the same fleet against bench/baseline.py (bare ocpp library, no MQTT)
+and prints the ratios; ``--target baseline`` runs only that. ``--interval 0`` sends back to back
+(closed loop) to find saturation. ``--profile pyspy`` samples the service with py-spy during the
+window (``pip install py-spy``); ``--profile cprofile`` runs it under cProfile (slower, whole run).
+
+Examples:
+    python bench/throughput.py                              # 100 chargers, 1 s, 20 s
+    python bench/throughput.py --chargers 1000 --compare-baseline
+    python bench/throughput.py --chargers 5000 --interval 10 --duration 30   # memory per idle charger
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    Fleet,
+    FleetSpec,
+    MqttWatch,
+    fmt_ms,
+    git_revision,
+    machine_description,
+    pct_summary,
+    proc_cpu_seconds,
+    proc_fds,
+    raise_nofile,
+    start_baseline,
+    start_broker,
+    start_pyspy,
+    start_service,
+    summarize_cprofile,
+    system_cpu,
+    wait_for_quiet,
+    summarize_pyspy_raw,
+    wait_bridge_online,
+    workdir,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--chargers", "-n", type=int, default=100, help="number of chargers (default 100)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between MeterValues per charger; 0 = back to back (default 1)")
+    p.add_argument("--duration", type=float, default=20.0, help="measured window in seconds (default 20, max 600)")
+    p.add_argument("--workers", type=int, default=0, help="generator processes (default: 1 up to 200 chargers, else 2)")
+    p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight per worker (default 50)")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds idle after the fleet booted, before the window (default 2)")
+    p.add_argument("--target", choices=("service", "baseline"), default="service", help="what to load (default service)")
+    p.add_argument("--compare-baseline", action="store_true", help="also run the same fleet against bench/baseline.py and print ratios")
+    p.add_argument("--profile", choices=("none", "pyspy", "cprofile", "cprofile-window"), default="none",
+                   help="profile the service: pyspy (sampling, window only), cprofile (whole run, wall time), "
+                        "cprofile-window (window only, main-thread CPU time: robust on a shared machine) (default none)")
+    p.add_argument("--top", type=int, default=15, help="profile rows to print (default 15)")
+    p.add_argument("--profile-idle", action="store_true", help="py-spy: also sample threads that wait (find stalls, not CPU)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="service log level (default info)")
+    p.add_argument("--deflate", action="store_true", help="chargers offer permessage-deflate (most real ones do not)")
+    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds allowed for connecting the fleet (default 300)")
+    p.add_argument("--patch", action="append", default=[], metavar="NAME",
+                   help="what-if: apply bench/patches/sitecustomize.py patch NAME to the service; repeatable")
+    p.add_argument("--broker-nodelay", action="store_true", help="what-if: mosquitto with set_tcp_nodelay true")
+    p.add_argument("--wait-quiet", type=float, default=60.0,
+                   help="wait up to this many seconds for the machine to be idle before each run (default 60; 0: don't)")
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
+    args = p.parse_args(argv)
+    args.duration = min(max(args.duration, 1.0), 600.0)
+    if args.chargers < 1:
+        p.error("--chargers must be at least 1")
+    return args
+
+
+async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Path) -> dict[str, Any]:
+    n = args.chargers
+    out: dict[str, Any] = {"target": target, "chargers": n, "interval": args.interval, "duration": args.duration}
+    window_profile = args.profile == "cprofile-window"
+    cprofile_out = wd / f"{target}.prof" if (args.profile in ("cprofile", "cprofile-window") and target == "service") else None
+    if args.wait_quiet > 0:
+        out["machine_busy_before_pct"] = await asyncio.to_thread(wait_for_quiet, args.wait_quiet)
+    if target == "service":
+        svc, port = await asyncio.to_thread(start_service, wd, broker.port, args.log_level, cprofile_out, None, args.patch, window_profile)
+        out["startup_s"] = svc.startup_seconds
+        out["mqtt_online_s"] = await asyncio.to_thread(wait_bridge_online, broker.port)
+    else:
+        svc, port = await asyncio.to_thread(start_baseline, wd)
+        out["startup_s"] = svc.startup_seconds
+    url = f"ws://127.0.0.1:{port}"
+    counter = None
+    fleet = None
+    try:
+        await asyncio.sleep(1.0)
+        out["rss_empty_kb"] = svc.status()["VmRSS"]
+        if target == "service":
+            counter = MqttWatch(broker.port, ["ocpp/+/state"])
+            await asyncio.to_thread(counter.wait_subscribed)
+        spec = FleetSpec(url=url, count=n, interval=args.interval, duration=args.duration, workers=args.workers,
+                         concurrency=args.concurrency, deflate=args.deflate)
+        fleet = Fleet(spec)
+        cpu_before_connect = svc.cpu_seconds()
+        fleet.start()
+        ready = await asyncio.to_thread(fleet.wait_ready, args.ready_timeout)
+        out.update(ready)
+        out["workers"] = spec.worker_count()
+        out["connect_cpu_s"] = svc.cpu_seconds() - cpu_before_connect
+        await asyncio.sleep(args.settle)
+        st = svc.status()
+        out["rss_connected_kb"] = st["VmRSS"]
+        out["rss_per_charger_kb"] = (st["VmRSS"] - out["rss_empty_kb"]) / max(1, ready["connected"])
+        idle_cpu0, idle_t0 = svc.cpu_seconds(), time.monotonic()
+        start = fleet.go(0.5)
+        out["idle_cpu_pct"] = None
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        cpu0, t0 = svc.cpu_seconds(), time.monotonic()
+        if t0 - idle_t0 > 0.2:
+            out["idle_cpu_pct"] = 100 * (cpu0 - idle_cpu0) / (t0 - idle_t0)
+        mq0 = counter.count if counter else 0
+        mos0 = proc_cpu_seconds(broker.process.pid)
+        sys0 = system_cpu()
+        me0 = time.process_time()
+        spy = None
+        if window_profile and cprofile_out is not None:
+            os.kill(svc.pid, signal.SIGUSR1)
+        if args.profile == "pyspy" and target == "service":
+            spy = start_pyspy(svc.pid, args.duration, wd / "pyspy.raw", idle=args.profile_idle)
+            if spy is None:
+                print("py-spy not found (pip install py-spy); profiling skipped", file=sys.stderr)
+        await asyncio.sleep(max(0.0, start + args.duration - time.monotonic()))
+        if window_profile and cprofile_out is not None:
+            os.kill(svc.pid, signal.SIGUSR2)
+        cpu1, t1 = svc.cpu_seconds(), time.monotonic()
+        mq1 = counter.count if counter else 0
+        mos1 = proc_cpu_seconds(broker.process.pid)
+        sys1 = system_cpu()
+        me1 = time.process_time()
+        st = svc.status()
+        out["rss_load_kb"] = st["VmRSS"]
+        out["rss_hwm_kb"] = st["VmHWM"]
+        out["threads"] = st["Threads"]
+        out["fds"] = proc_fds(svc.pid)
+        stats = await asyncio.to_thread(fleet.results, 60.0 + args.duration)
+        wall = t1 - t0
+        out["wall_s"] = wall
+        out["cpu_s"] = cpu1 - cpu0
+        out["cpu_pct"] = 100 * (cpu1 - cpu0) / wall
+        out["sent"] = stats.sent
+        out["ok"] = stats.ok
+        out["msgs_per_s"] = stats.ok / (stats.window or wall)
+        out["offered_per_s"] = (n / args.interval) if args.interval > 0 else None
+        out["cpu_us_per_msg"] = 1e6 * (cpu1 - cpu0) / stats.ok if stats.ok else None
+        out["errors"] = {"call_errors": stats.call_errors, "timeouts": stats.timeouts, "send_failed": stats.send_failed,
+                         "disconnects": stats.disconnects, "connect_failed": stats.connect_failed}
+        out["error_samples"] = stats.error_samples[:5]
+        out["late_ticks"] = stats.late_ticks
+        out["rtt_ms"] = pct_summary(stats.rtt_ms)
+        out["boot_rtt_ms"] = pct_summary(stats.boot_rtt_ms)
+        out["generator_cpu_pct"] = 100 * stats.worker_cpu / (stats.window or wall) / max(1, out["workers"])
+        out["mosquitto_cpu_pct"] = 100 * (mos1 - mos0) / wall
+        cores = (sys1[1] - sys0[1]) / wall
+        out["machine_busy_pct"] = 100 * (sys1[0] - sys0[0]) / wall  # % of one core, all cores summed
+        out["machine_cores"] = round(cores)
+        ours = (cpu1 - cpu0) + (mos1 - mos0) + stats.worker_cpu + (me1 - me0)
+        out["others_cpu_pct"] = max(0.0, out["machine_busy_pct"] - 100 * ours / wall)
+        if counter:
+            out["mqtt_state_msgs"] = mq1 - mq0
+            out["mqtt_state_per_s"] = (mq1 - mq0) / wall
+        if spy is not None:
+            _, err = await asyncio.to_thread(spy.communicate)
+            raw = wd / "pyspy.raw"
+            out["profile"] = summarize_pyspy_raw(raw, args.top) if raw.exists() else f"py-spy failed: {err.decode()[-400:]}"
+    finally:
+        if counter:
+            counter.close()
+        if fleet is not None:
+            await asyncio.to_thread(fleet.release)
+        await asyncio.to_thread(svc.stop)
+    out["service_warnings"] = svc.warnings
+    out["service_errors"] = svc.errors
+    if cprofile_out is not None and cprofile_out.exists():
+        out["profile"] = summarize_cprofile(cprofile_out, args.top)
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    kb = lambda v: f"{v / 1024:.1f} MiB"  # noqa: E731
+    offered = f"{r['offered_per_s']:.0f}/s offered" if r.get("offered_per_s") else "closed loop (back to back)"
+    print(f"\n=== {r['target']}: {r['chargers']} chargers, MeterValues every {r['interval']:g} s, {r['duration']:g} s window ===")
+    print(f"start-up to ready line      {r['startup_s']:.2f} s" + (f" (MQTT online after {r['mqtt_online_s']:.2f} s more)" if r.get("mqtt_online_s") is not None else ""))
+    print(f"connect+boot ramp           {r['connected']} connected, {r['booted']} booted, {r['connect_failed']} failed in "
+          f"{r['ramp_seconds']:.1f} s ({r['connected'] / max(r['ramp_seconds'], 1e-9):.0f}/s incl. worker start); service CPU {r['connect_cpu_s']:.1f} s")
+    print(f"OCPP handled                {r['msgs_per_s']:.0f} msg/s ({r['ok']} of {r['sent']} answered; {offered})")
+    print(f"round trip (charger side)   {fmt_ms(r['rtt_ms'])}")
+    print(f"errors                      {r['errors']}  late ticks {r['late_ticks']}")
+    for sample in r.get("error_samples") or []:
+        print(f"    e.g. {sample}")
+    if "mqtt_state_per_s" in r:
+        print(f"MQTT out (+/state)          {r['mqtt_state_per_s']:.0f} msg/s ({r['mqtt_state_msgs']} messages)")
+    per = f"{r['cpu_us_per_msg']:.0f} µs CPU per message" if r.get("cpu_us_per_msg") else ""
+    idle = f"; idle with fleet connected {r['idle_cpu_pct']:.1f}%" if r.get("idle_cpu_pct") is not None else ""
+    print(f"service CPU                 {r['cpu_pct']:.1f}% of one core ({r['cpu_s']:.2f} s / {r['wall_s']:.1f} s), {per}{idle}")
+    print(f"service RSS                 empty {kb(r['rss_empty_kb'])}, fleet connected {kb(r['rss_connected_kb'])}, "
+          f"under load {kb(r['rss_load_kb'])}, peak {kb(r['rss_hwm_kb'])}")
+    print(f"RSS per connected charger   {r['rss_per_charger_kb']:.1f} kB (connected - empty) / chargers")
+    print(f"threads / fds               {r['threads']} / {r['fds']}")
+    print(f"mosquitto CPU               {r['mosquitto_cpu_pct']:.1f}%   generator CPU {r['generator_cpu_pct']:.1f}% per worker "
+          f"({r['workers']} workers)")
+    print(f"service log                 {r['service_warnings']} warnings, {r['service_errors']} errors")
+    busy = r.get("machine_busy_pct")
+    if busy is not None:
+        print(f"machine during window       {busy:.0f}% of one core busy over {r['machine_cores']} cores; "
+              f"processes outside this bench (and the kernel) {r['others_cpu_pct']:.0f}%"
+              + (f"; before the run {r['machine_busy_before_pct']:.0f}%" if r.get("machine_busy_before_pct") is not None else ""))
+        if r["others_cpu_pct"] > 15:
+            print("WARNING: something else used the CPU during the window: figures are not comparable; run again on a quiet machine")
+    if r.get("profile"):
+        print(f"\n--- profile of the {r['target']} ---\n{r['profile']}")
+
+
+def compare(s: dict[str, Any], b: dict[str, Any]) -> None:
+    def ratio(a: Any, c: Any) -> str:
+        return f"{a / c:.2f}x" if a and c else "n/a"
+
+    print("\n=== service vs bare ocpp library (same fleet) ===")
+    print(f"{'':28}{'service':>14}{'baseline':>14}{'ratio':>9}")
+    rows = [
+        ("OCPP msg/s", s["msgs_per_s"], b["msgs_per_s"], "{:.0f}"),
+        ("CPU % of one core", s["cpu_pct"], b["cpu_pct"], "{:.1f}"),
+        ("CPU µs per message", s.get("cpu_us_per_msg"), b.get("cpu_us_per_msg"), "{:.0f}"),
+        ("round trip p50 ms", s["rtt_ms"].get("p50"), b["rtt_ms"].get("p50"), "{:.2f}"),
+        ("round trip p99 ms", s["rtt_ms"].get("p99"), b["rtt_ms"].get("p99"), "{:.2f}"),
+        ("RSS under load MiB", s["rss_load_kb"] / 1024, b["rss_load_kb"] / 1024, "{:.1f}"),
+        ("RSS per charger kB", s["rss_per_charger_kb"], b["rss_per_charger_kb"], "{:.1f}"),
+        ("start-up s", s["startup_s"], b["startup_s"], "{:.2f}"),
+    ]
+    for name, a, c, f in rows:
+        fa = f.format(a) if a is not None else "n/a"
+        fc = f.format(c) if c is not None else "n/a"
+        print(f"{name:28}{fa:>14}{fc:>14}{ratio(a, c):>9}")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    raise_nofile(args.chargers + 2000)
+    wd = workdir("throughput")
+    print(f"machine: {machine_description()}")
+    print(f"code: {git_revision()}" + (f"; what-if patches: {','.join(args.patch)}" if args.patch else "")
+          + ("; mosquitto set_tcp_nodelay" if args.broker_nodelay else ""))
+    print(f"workdir: {wd}")
+    broker = await start_broker(wd, nodelay=args.broker_nodelay)
+    results: list[dict[str, Any]] = []
+    try:
+        targets = [args.target] + (["baseline"] if args.compare_baseline and args.target == "service" else [])
+        for target in targets:
+            r = await run_target(target, args, broker, wd)
+            report(r)
+            results.append(r)
+        if len(results) == 2:
+            compare(results[0], results[1])
+        if args.json:
+            print(json.dumps([{k: v for k, v in r.items() if k != "profile"} for r in results], default=str))
+    finally:
+        await broker.stop()
+        if not args.keep:
+            shutil.rmtree(wd, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(main_async(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
