@@ -193,22 +193,26 @@ class Hub:
             self.result(charger_id, command="charging_limit", status="Queued", limit=limit, unit=unit, source=source,
                         reason="charger offline; sent when it connects")
             return
-        self._pending_limit.add(charger_id)
         delay = self.config["charging"]["debounce"]
-        if delay <= 0:
-            self._start_limit_worker(cp)
-            return
-        # Debounce: a slider drag sends many values; the newest wins after a quiet time,
-        # because every profile write wears the charger's flash.
+        loop = asyncio.get_running_loop()
         handle = self._debounce.pop(charger_id, None)
-        if handle is not None:
-            handle.cancel()
-        self._debounce[charger_id] = asyncio.get_running_loop().call_later(delay, self._debounced, charger_id)
+        if delay <= 0 or handle is None:
+            # A lone setpoint goes out at once (leading edge) and opens a quiet window.
+            self._pending_limit.add(charger_id)
+            self._start_limit_worker(cp)
+            if delay > 0:
+                self._debounce[charger_id] = loop.call_later(delay, self._debounced, charger_id, False)
+            return
+        # Inside the window (a slider drag): the newest value wins once the drag has been quiet
+        # for `debounce` seconds, because every profile write wears the charger's flash.
+        handle.cancel()
+        self._debounce[charger_id] = loop.call_later(delay, self._debounced, charger_id, True)
 
-    def _debounced(self, charger_id: str) -> None:
+    def _debounced(self, charger_id: str, send: bool) -> None:
         self._debounce.pop(charger_id, None)
         cp = self.connected.get(charger_id)
-        if cp is not None:
+        if send and cp is not None:
+            self._pending_limit.add(charger_id)
             self._start_limit_worker(cp)
 
     def _start_limit_worker(self, cp: ChargePoint) -> None:

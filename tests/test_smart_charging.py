@@ -155,13 +155,16 @@ async def test_below_minimum_current_rejected_when_configured(service_factory, p
     assert [_limit(p) for p in sim.calls("SetChargingProfile")] == [8]
 
 
-async def test_slider_drag_is_debounced_into_one_profile_write(service_factory, probe: MqttProbe) -> None:
+async def test_slider_drag_is_debounced_first_value_at_once_newest_after_quiet_time(service_factory, probe: MqttProbe) -> None:
     service = await service_factory(charging={"debounce": 0.5})
     sim = await service.charger("wallbox-1")
+    await service.app.hub.connected["wallbox-1"].configured.wait()
     for value in range(8, 17):
         probe.publish(LIMIT_SET, str(value))
-    await _accepted(probe)
-    assert [_limit(p) for p in sim.calls("SetChargingProfile")] == [16]
+    await probe.wait_json(STATE, lambda d: d["charging_limit"] == 16)
+    # the drag's start goes out at once (no added latency for a lone setpoint), the newest after the drag
+    sent = [_limit(p) for p in sim.calls("SetChargingProfile")]
+    assert 1 <= len(sent) <= 2 and sent[-1] == 16  # nine values, at most two profile writes
 
 
 async def test_unchanged_limit_is_not_resent(service: Service, probe: MqttProbe) -> None:
@@ -301,3 +304,11 @@ async def test_bad_schedules_are_refused(service: Service, probe: MqttProbe, bad
     assert event["reason"]
     await service.wait_event(RESULT, "wallbox-1")
     assert sim.calls("SetChargingProfile") == []
+
+
+async def test_a_lone_setpoint_is_not_delayed_by_the_debounce(service_factory, probe: MqttProbe) -> None:
+    service = await service_factory(charging={"debounce": 30})
+    sim = await service.charger("wallbox-1")
+    probe.publish(LIMIT_SET, "10")
+    await sim.wait_for_call("SetChargingProfile")
+    assert "wallbox-1" in service.app.hub._debounce  # sent while the 30 s quiet window is still open
