@@ -192,7 +192,7 @@ class ChargePoint(_OcppChargePoint):
     async def route_message(self, raw_msg: str) -> None:
         try:
             msg = json.loads(raw_msg)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             _LOGGER.warning("%s: dropped a frame that is not JSON: %s", self.id, _short(raw_msg))
             return
         if not isinstance(msg, list) or not msg:
@@ -766,6 +766,9 @@ class ChargePoint(_OcppChargePoint):
         except asyncio.TimeoutError:
             _LOGGER.warning("%s: no answer to %s within %ss", self.id, action, self._response_timeout)
             return {"status": "Timeout", "reason": f"no answer within {self._response_timeout:g} s"}
+        except ConnectionClosed:
+            _LOGGER.info("%s: %s not answered: the connection closed", self.id, action)
+            return {"status": "Disconnected", "reason": "the charger disconnected"}
         except InvalidResponse as err:
             _LOGGER.warning("%s: %s answer breaks the OCPP schema: %s", self.id, action, err)
             return {"status": "InvalidResponse", "reason": str(err)}

@@ -210,7 +210,7 @@ def parse_limit_payload(payload: bytes, default_unit: str) -> tuple[float, str]:
     except ValueError:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise SetpointError(f"{text[:40]!r} is not a number; send e.g. 16 or {{\"limit\": 16, \"unit\": \"A\"}}") from None
         if not isinstance(data, dict) or "limit" not in data:
             raise SetpointError(f"{text[:40]!r}: expected a number or a JSON object with a 'limit' key")
@@ -479,5 +479,5 @@ def _json_payload(payload: bytes) -> Any:
         raise SetpointError(f"payload of {len(payload)} bytes is too large (at most 16384)")
     try:
         return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise SetpointError("payload is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise SetpointError("payload is not JSON (or nested too deeply)") from None

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .profiles import SetpointError, check_limit
+from .profiles import SetpointError, check_limit, convert_limit
 from .state import ChargerState
 from .store import Store
 
@@ -58,6 +58,7 @@ class Hub:
         self.states: dict[str, ChargerState] = {}
         self.wants_raw_frames = False
         self._pending_limit: set[str] = set()
+        self._force_limit: set[str] = set()  # send even if unchanged: the charger lost it
         self._limit_workers: dict[str, asyncio.Task[None]] = {}
         self._debounce: dict[str, asyncio.TimerHandle] = {}
         self._background: dict[str, asyncio.Task[None]] = {}  # per charger: configure, then periodic read-back
@@ -131,8 +132,24 @@ class Hub:
             self._start_limit_worker(cp)
 
     async def _look_after(self, cp: ChargePoint) -> None:
-        """Per connection: read capabilities, then keep the effective limit fresh."""
+        """Per connection: read capabilities, check the charger still has our limit, keep the effective limit fresh."""
         await cp.configure()
+        s = cp.state
+        if s.charging_limit is not None and cp.id not in self._pending_limit:
+            await cp.refresh_effective_limit()
+            charging = self.config["charging"]
+            ours = convert_limit(s.charging_limit, s.charging_limit_unit or charging["unit"], charging["unit"],
+                                 charging["voltage"], charging["phases"])
+            if s.effective_limit is None or s.effective_limit > ours + 0.5:
+                # A power cycle or a factory reset can wipe charging profiles: the charger
+                # enforces more than it accepted from us, so send our limit again.
+                _LOGGER.info("%s: enforces %s instead of %g %s; sending the limit again", cp.id,
+                             "no limit" if s.effective_limit is None else f"{s.effective_limit:g}", ours, charging["unit"])
+                if s.requested_limit is None:
+                    s.requested_limit, s.requested_unit = s.charging_limit, s.charging_limit_unit
+                self._force_limit.add(cp.id)
+                self._pending_limit.add(cp.id)
+                self._start_limit_worker(cp)
         interval = self.config["charging"]["composite_interval"]
         while self.connected.get(cp.id) is cp:
             if cp.state.charging_limit is not None or cp.state.strategy:
@@ -229,10 +246,11 @@ class Hub:
             limit, unit = state.requested_limit, state.requested_unit
             if limit is None:
                 return
-            if (limit, unit) == (state.charging_limit, state.charging_limit_unit) and state.strategy:
+            if (limit, unit) == (state.charging_limit, state.charging_limit_unit) and state.strategy and cp.id not in self._force_limit:
                 # Unchanged: every profile write wears the charger's flash.
                 self.emit(Event(RESULT, cp.id, state, data={"command": "charging_limit", "status": "Unchanged", "limit": limit, "unit": unit}))
                 continue
+            self._force_limit.discard(cp.id)
             result = await cp.execute_send_charging_profile(limit, unit)
             if result["status"] == "Accepted":
                 state.charging_limit, state.charging_limit_unit = limit, unit
