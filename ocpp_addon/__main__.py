@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
-from . import __version__, config as config_module
+from . import __version__, config as config_module, supervisor
 from .app import run
 
 
@@ -32,18 +33,28 @@ def setup_logging(level: str) -> None:
     logging.getLogger("paho.mqtt").setLevel(logging.WARNING)
 
 
-async def _main(config: dict) -> None:
+async def _main(config: dict, addon_options: dict | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if addon_options is not None:  # the MQTT broker may still have to come from the Supervisor
+        resolved = await supervisor.with_mqtt_service(addon_options, stop)
+        if resolved is None:
+            return
+        config = resolved
     await run(config, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    # Inside a Home Assistant app the Supervisor sets SUPERVISOR_TOKEN: options come from /data/options.json.
+    addon_options: dict | None = None
     try:
-        config = config_module.load(args.config)
+        if os.environ.get("SUPERVISOR_TOKEN") and not args.config:
+            addon_options, config = supervisor.load()
+        else:
+            config = config_module.load(args.config)
     except config_module.ConfigError as err:
         print(f"ocpp-addon: configuration error: {err}", file=sys.stderr)
         return 2
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(config["log_level"])
     try:
-        asyncio.run(_main(config))
+        asyncio.run(_main(config, addon_options))
     except OSError as err:  # e.g. the OCPP port is taken
         logging.getLogger("ocpp_addon").error("cannot start: %s", err)
         return 1

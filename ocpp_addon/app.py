@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any
 
+from .bemcom import BemcomSink
 from .broker import BrokerError, EmbeddedBroker
 from .central_system import CentralSystem
 from .homeassistant import HomeAssistantSink
@@ -36,6 +37,11 @@ class App:
         self.mqtt = MqttBridge(config)
         self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
         self.hub.add_sink(self.homeassistant)
+        self.bemcom: BemcomSink | None = None
+        if config["bemcom"]["enabled"]:
+            self.bemcom = BemcomSink(config, self.hub, self.mqtt)
+            # Raw frames always: the BEMcom sensor datapoints are the charger's CALLs as sent.
+            self.hub.add_sink(self.bemcom, raw_frames=True)
         self.central_system = CentralSystem(config, self.hub)
 
     async def start(self) -> None:
@@ -52,6 +58,8 @@ class App:
             except BrokerError as err:
                 _LOGGER.error("%s", err)
         self.homeassistant.start()
+        if self.bemcom is not None:
+            self.bemcom.start()
         await self.mqtt.start()
         await self.central_system.start()
         ocpp = self.config["ocpp"]
@@ -68,7 +76,9 @@ class App:
         await self.hub.close()
         for charger_id in connected:  # no stale 'online' for chargers we just dropped
             self.mqtt.publish(f"{self.config['mqtt']['base_topic']}/{charger_id}/availability", "offline", retain=True, qos=1)
-        self.store.save()
+        await self.store.close()
+        if self.bemcom is not None:
+            await self.bemcom.stop()
         await self.mqtt.stop()
         if self.broker is not None:
             await self.broker.stop()

@@ -1,10 +1,30 @@
 """The WebSocket server chargers dial: ``ws[s]://host:port[/prefix]/<charge_point_id>``.
 
-The handshake is where untrusted input is cheapest to refuse: the path must carry
-a valid charge point id (it becomes part of MQTT topics, so ``+``, ``#`` and ``/``
-never get through), and a client that offers subprotocols must offer
-``ocpp1.6``. Chargers that offer none are accepted unless
-``ocpp.require_subprotocol`` is set, because many real ones never do.
+The handshake is where untrusted input is cheapest to refuse, so every check
+happens there, before a charger touches any state, in this order:
+
+1. the path must carry a valid charge point id (it becomes part of MQTT topics,
+   so ``+``, ``#`` and ``/`` never get through): 404;
+2. a client that offers subprotocols must offer ``ocpp1.6`` (one that offers none
+   is accepted unless ``ocpp.require_subprotocol``, because many real ones never
+   do): 400;
+3. no more than ``ocpp.max_connections`` open connections (a charger replacing its
+   own connection always gets in): 503 with ``Retry-After``;
+4. OCPP Security Profile 1 (``ocpp.auth.mode: basic``): HTTP Basic credentials,
+   username = charge point id (see :mod:`.auth`): 401 with ``WWW-Authenticate``;
+5. ``ocpp.allow_unknown_chargers: false``: only ids in ``ocpp.chargers`` or with a
+   password: 404 (checked after the password, so the answer tells a stranger
+   nothing about which ids exist).
+
+Refusals are logged one line per remote address per minute: a misconfigured
+charger redialling every few seconds, or a scanner, must not flood the log.
+Security Profile 2 is ``ocpp.ssl_certfile``/``ssl_keyfile`` (wss, TLS 1.2+) plus 4.
+
+Dead connections (a charger losing power sends no close frame) are found by
+WebSocket pings: a gone charger shows as offline after at most
+``ping_interval`` + 2 x ``ping_timeout`` (the second one capped at 10 s: the wait
+for a closing handshake it will never send). Handshakes that stall are cut after
+``ocpp.open_timeout``.
 """
 
 from __future__ import annotations
@@ -12,13 +32,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosedOK
+from websockets.frames import Close, CloseCode
 from websockets.http11 import Request, Response
 
+from .auth import REALM, Authenticator
 from .charge_point import ChargePoint
 from .config import CHARGER_ID_PATTERN, CHARGER_ID_RE
 from .hub import Hub
@@ -27,6 +51,8 @@ _LOGGER = logging.getLogger(__name__)
 
 SUBPROTOCOL = "ocpp1.6"
 RESERVED_IDS = frozenset({"bridge"})  # <base>/bridge/... is the bridge's own topic tree
+REFUSAL_LOG_INTERVAL = 60.0
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 def charger_id_from_path(path: str, prefix: str) -> str | None:
@@ -46,12 +72,79 @@ def offered_subprotocols(request: Request) -> list[str]:
     return [p.strip() for header in request.headers.get_all("Sec-WebSocket-Protocol") for p in header.split(",") if p.strip()]
 
 
+class RateLimitedLog:
+    """At most one line per key (a remote address) per ``interval``; the next line says how many were held back."""
+
+    def __init__(self, logger: logging.Logger, interval: float = REFUSAL_LOG_INTERVAL, max_keys: int = 4096) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[str, list[float]] = {}  # key -> [time of the last line, lines held back since]
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if key not in self._seen and len(self._seen) >= self.max_keys:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}
+            if len(self._seen) >= self.max_keys - 1:
+                key = "*"  # refusals from very many addresses at once: one line a minute for all of them
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return
+        held_back = int(entry[1]) if entry is not None else 0
+        self._seen[key] = [now, 0]
+        if held_back:
+            msg += " (%d more refused from this address since the last such line)"
+            args = (*args, held_back)
+        self.logger.warning(msg, *args)
+
+
+class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs every request header at DEBUG, and Authorization carries the charger's password."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if msg == "< %s: %s" and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            args = (args[0], "[redacted]")
+        super().log(level, msg, *args, **kwargs)
+
+
+class _Connection:
+    """The socket as a ChargePoint sees it. Once retired (a newer connection with the same
+    id took over) it delivers and sends nothing more, so frames still in flight on the old
+    socket never reach the charger's state: two connections never write into one charger."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.retired = False
+
+    async def recv(self) -> str | bytes:
+        frame = await self.ws.recv()
+        if self.retired:
+            raise ConnectionClosedOK(None, Close(CloseCode.GOING_AWAY, "replaced by a newer connection"))
+        return frame
+
+    async def send(self, message: str | bytes) -> None:
+        if self.retired:
+            raise ConnectionClosedOK(None, Close(CloseCode.GOING_AWAY, "replaced by a newer connection"))
+        await self.ws.send(message)
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        await self.ws.close(code, reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ws, name)
+
+
 class CentralSystem:
     def __init__(self, config: dict[str, Any], hub: Hub) -> None:
         self.config = config
         self.ocpp = config["ocpp"]
         self.hub = hub
         self.server: Server | None = None
+        self.auth = Authenticator(self.ocpp)
+        self.refusals = RateLimitedLog(_LOGGER)
+        self._admitted: set[ServerConnection] = set()  # passed every check, not closed yet
+        self._watchers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.server = await serve(
@@ -63,10 +156,23 @@ class CentralSystem:
             process_request=self._process_request,
             ping_interval=self.ocpp["ping_interval"],
             ping_timeout=self.ocpp["ping_timeout"],
+            # After a missed pong websockets still waits close_timeout for the closing
+            # handshake of a peer it just declared dead; keep that wait short.
+            close_timeout=min(self.ocpp["ping_timeout"], 10.0),
             max_size=self.ocpp["max_message_size"],
             ssl=self._ssl_context(),
-            open_timeout=10,
+            open_timeout=self.ocpp["open_timeout"],
+            logger=_RedactingLogger(logging.getLogger("websockets.server"), {}),
         )
+        self._log_policy()
+
+    def _log_policy(self) -> None:
+        if self.auth.required:
+            profile = 2 if self.ocpp["ssl_certfile"] else 1
+            _LOGGER.info("chargers authenticate with HTTP Basic (OCPP security profile %d)%s", profile,
+                         "" if profile == 2 else "; without TLS the password crosses the network readable, use wss where you can")
+        if not self.auth.allow_unknown and not self.auth.known_ids:
+            _LOGGER.warning("ocpp.allow_unknown_chargers is false and no charge point is listed in ocpp.chargers: every charger will be refused")
 
     @property
     def port(self) -> int:
@@ -81,35 +187,80 @@ class CentralSystem:
         if not self.ocpp["ssl_certfile"]:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP security profile 2 requires TLS 1.2 or later
         context.load_cert_chain(self.ocpp["ssl_certfile"], self.ocpp["ssl_keyfile"])
         return context
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        charger_id = charger_id_from_path(request.path, self.ocpp["path_prefix"])
+    # -- the handshake ------------------------------------------------------------
+
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, body: str, why: str, *args: Any) -> Response:
+        address = connection.remote_address[0] if connection.remote_address else "?"
+        self.refusals.warning(address, "refused a connection from %s: " + why, address, *args)
+        return connection.respond(status, body)
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        prefix = self.ocpp["path_prefix"]
+        charger_id = charger_id_from_path(request.path, prefix)
         if charger_id is None:
-            _LOGGER.warning("refused a connection to %r: the path must be %s/<charge point id> with an id matching %s",
-                            request.path[:100], self.ocpp["path_prefix"], CHARGER_ID_PATTERN)
-            return connection.respond(HTTPStatus.NOT_FOUND, f"expected {self.ocpp['path_prefix']}/<charge point id matching {CHARGER_ID_PATTERN}>\n")
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, f"expected {prefix}/<charge point id matching {CHARGER_ID_PATTERN}>\n",
+                                "the path %r must be %s/<charge point id> with an id matching %s", request.path[:100], prefix, CHARGER_ID_PATTERN)
         offered = offered_subprotocols(request)
         if (offered and SUBPROTOCOL not in offered) or (not offered and self.ocpp["require_subprotocol"]):
-            _LOGGER.warning("%s: refused: offers subprotocols %s, this central system speaks %s", charger_id, offered or "none", SUBPROTOCOL)
-            return connection.respond(HTTPStatus.BAD_REQUEST, f"this central system speaks the {SUBPROTOCOL} subprotocol\n")
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, f"this central system speaks the {SUBPROTOCOL} subprotocol\n",
+                                "%s offers subprotocols %s, this central system speaks %s", charger_id, offered or "none", SUBPROTOCOL)
+        if len(self._admitted) >= self.ocpp["max_connections"] and charger_id not in self.hub.connected:
+            response = self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; try again later\n",
+                                    "%s: ocpp.max_connections (%d) reached", charger_id, self.ocpp["max_connections"])
+            response.headers["Retry-After"] = "60"
+            return response
+        # Hold the slot while the password is checked (PBKDF2 yields to the loop), so that
+        # concurrent handshakes cannot all pass the count above.
+        self._admitted.add(connection)
+        self._background(self._release_when_closed(connection))
+        try:
+            failure = await self.auth.check(charger_id, request.headers.get("Authorization"))
+        except BaseException:
+            self._admitted.discard(connection)
+            raise
+        if failure is not None:
+            self._admitted.discard(connection)
+            response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "charge point credentials required (HTTP Basic, username = charge point id)\n",
+                                    "%s: %s", charger_id, failure)
+            response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
+            return response
+        if not self.auth.is_known(charger_id):
+            self._admitted.discard(connection)
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "unknown charge point\n",
+                                "%s is not in ocpp.chargers and ocpp.allow_unknown_chargers is false", charger_id)
         return None
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _release_when_closed(self, connection: ServerConnection) -> None:
+        await connection.wait_closed()
+        self._admitted.discard(connection)
 
     @staticmethod
     def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:
         return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
 
+    # -- one connection ---------------------------------------------------------------
+
     async def _handle(self, ws: ServerConnection) -> None:
         charger_id = charger_id_from_path(ws.request.path, self.ocpp["path_prefix"])
         assert charger_id is not None  # _process_request let it through
-        cp = ChargePoint(charger_id, ws, self.hub, self.config)
+        connection = _Connection(ws)
+        cp = ChargePoint(charger_id, connection, self.hub, self.config)
         old = self.hub.connected.get(charger_id)
         self.hub.charger_connected(cp)  # the newest connection owns the charger from now on
         if old is not None:
             _LOGGER.info("%s: reconnected; closing its previous connection", charger_id)
-            asyncio.ensure_future(old._connection.close(1001, "replaced by a newer connection"))
+            if isinstance(old._connection, _Connection):
+                old._connection.retired = True
+            self._background(old._connection.close(CloseCode.GOING_AWAY, "replaced by a newer connection"))
         _LOGGER.info("%s: connected from %s", charger_id, ws.remote_address[0] if ws.remote_address else "?")
         boot_wait = asyncio.create_task(cp.wait_for_boot())
         try:
@@ -127,3 +278,5 @@ class CentralSystem:
             return
         self.server.close(close_connections=True)
         await self.server.wait_closed()
+        for watcher in list(self._watchers):
+            watcher.cancel()

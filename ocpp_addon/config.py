@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import voluptuous as vol
 import yaml
 
+from .auth import check_stored
 from .state import MEASURANDS
 
 CHARGER_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
@@ -26,6 +27,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 UNITS = ("A", "W")
 PURPOSES = ("TxDefaultProfile", "ChargePointMaxProfile", "TxProfile")
 KINDS = ("Absolute", "Relative", "Recurring")
+# The original BEMcom OCPP connector's actuator commands (OCPP_CONFIG), all of which we serve.
+BEMCOM_COMMANDS = ("execute_send_charging_profile", "execute_trigger_message", "execute_unlock_connector", "execute_get_composite_schedule")
+DOTENV = ".env"  # read from the working directory, as BEMcom's connector template does
 # Per-unit slider defaults: 6-32 A is the IEC 61851 range, 22 kW a three-phase 32 A wallbox.
 UNIT_DEFAULTS = {"A": {"max": 32.0, "step": 1.0}, "W": {"max": 22000.0, "step": 100.0}}
 
@@ -61,6 +65,49 @@ def _charger_id(value: Any) -> str:
     if not CHARGER_ID_RE.match(text):
         raise vol.Invalid(f"expected a charge point id matching {CHARGER_ID_PATTERN}")
     return text
+
+
+def _optional_text(value: Any) -> str | None:
+    """Paths and secrets: an empty string (as the add-on UI stores an unset field) means unset."""
+    if value is None or value == "":
+        return None
+    return vol.Coerce(str)(value)
+
+
+def _stored_password(value: Any) -> str | None:
+    """A password as given: plain, ``sha256:<hex>`` or ``pbkdf2_sha256$...`` (see auth.py). Messages never echo it."""
+    text = _optional_text(value)
+    if text is not None:
+        try:
+            check_stored(text)
+        except ValueError as err:
+            raise vol.Invalid(str(err)) from None
+    return text
+
+
+def _password_map(value: Any) -> dict[str, str]:
+    """``{charge point id: password}``, or the add-on's list form ``[{id: ..., password: ...}]``."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        pairs = []
+        for index, item in enumerate(value):
+            if not isinstance(item, Mapping) or set(item) != {"id", "password"}:
+                raise vol.Invalid(f"entry {index}: expected {{id: <charge point id>, password: <password>}}")
+            pairs.append((item["id"], item["password"]))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise vol.Invalid("expected a mapping of charge point id to password")
+    result: dict[str, str] = {}
+    for charger_id, password in pairs:
+        if not isinstance(charger_id, str) or not CHARGER_ID_RE.match(charger_id):
+            raise vol.Invalid(f"{str(charger_id)[:70]!r} is not a charge point id matching {CHARGER_ID_PATTERN}")
+        stored = _stored_password(password)
+        if stored is None:
+            raise vol.Invalid(f"{charger_id}: empty password")
+        result[charger_id] = stored
+    return result
 
 
 PORT = vol.All(vol.Coerce(int), vol.Range(min=1, max=65535))
@@ -104,6 +151,19 @@ SCHEMA = vol.Schema(
             vol.Optional("max_message_size", default=65536): vol.All(vol.Coerce(int), vol.Range(min=1024, max=16 * 2**20)),
             vol.Optional("ssl_certfile", default=None): vol.Any(None, vol.Coerce(str)),
             vol.Optional("ssl_keyfile", default=None): vol.Any(None, vol.Coerce(str)),
+            # Seconds a client gets to finish the TLS and WebSocket handshakes.
+            vol.Optional("open_timeout", default=10): POSITIVE_SECONDS,
+            # Open charger connections (and handshakes) beyond this are refused with HTTP 503.
+            vol.Optional("max_connections", default=500): vol.All(vol.Coerce(int), vol.Range(min=1, max=100000)),
+            # With allow_unknown_chargers false, only these ids (and ids with a password) may connect.
+            vol.Optional("allow_unknown_chargers", default=True): vol.Boolean(),
+            vol.Optional("chargers", default=[]): vol.Any(None, [_charger_id]),
+            # OCPP Security Profile 1: HTTP Basic auth, username = charge point id.
+            vol.Optional("auth", default={}): {
+                vol.Optional("mode", default="none"): vol.In(("none", "basic")),
+                vol.Optional("password", default=None): _stored_password,
+                vol.Optional("passwords", default={}): _password_map,
+            },
         },
         vol.Optional("mqtt", default={}): {
             vol.Optional("host", default="localhost"): vol.Coerce(str),
@@ -116,6 +176,13 @@ SCHEMA = vol.Schema(
             vol.Optional("discovery_prefix", default="homeassistant"): _topic_level,
             vol.Optional("keepalive", default=60): vol.All(vol.Coerce(int), vol.Range(min=5, max=3600)),
             vol.Optional("ssl", default=False): vol.Boolean(),
+            # TLS details (any of ca_certs/certfile also turns TLS on); tls_insecure skips certificate checks.
+            vol.Optional("ca_certs", default=None): _optional_text,
+            vol.Optional("certfile", default=None): _optional_text,
+            vol.Optional("keyfile", default=None): _optional_text,
+            vol.Optional("tls_insecure", default=False): vol.Boolean(),
+            # Keep our subscriptions and queued QoS 1 commands at the broker while we are away.
+            vol.Optional("persistent_session", default=True): vol.Boolean(),
             # Start Debian's mosquitto on localhost when no broker answers (standalone quick start).
             vol.Optional("embedded_broker", default=True): vol.Boolean(),
         },
@@ -159,7 +226,7 @@ SCHEMA = vol.Schema(
             vol.Optional("connector_name", default="ocpp-connector"): _topic_level,
             vol.Optional("send_raw_message_to_db", default=False): vol.Boolean(),
             vol.Optional("actuators", default=["execute_send_charging_profile"]): [
-                vol.All(vol.Coerce(str), vol.Match(r"^execute_[a-z_]+$", msg="expected a command name starting with 'execute_'"))
+                vol.In(BEMCOM_COMMANDS, msg=f"expected one of {', '.join(BEMCOM_COMMANDS)}")
             ],
             vol.Optional("legacy_keys", default=False): vol.Boolean(),
             vol.Optional("heartbeat_interval", default=30): POSITIVE_SECONDS,
@@ -192,7 +259,8 @@ def _describe(error: vol.Invalid, data: Any, prefix: str = "") -> str:
         parent = _allowed_keys(error.path[:-1])
         allowed = f"; allowed keys here: {', '.join(parent)}" if parent else ""
         return f"{key}: unknown key{allowed}"
-    given = f" = {value!r}" if found else ""
+    secret = any("password" in str(part) for part in path)  # never echo a password into a log
+    given = f" = {value!r}" if found and not secret else ""
     return f"{key}{given}: {message}"
 
 
@@ -229,6 +297,16 @@ def validate(data: Any) -> dict[str, Any]:
     ocpp = config["ocpp"]
     if bool(ocpp["ssl_certfile"]) != bool(ocpp["ssl_keyfile"]):
         raise ConfigError("ocpp.ssl_certfile/ssl_keyfile: give both for TLS (wss), or neither")
+    ocpp["chargers"] = ocpp["chargers"] or []
+    auth = ocpp["auth"]
+    has_password = bool(auth["password"] or auth["passwords"])
+    if auth["mode"] == "basic" and not has_password:
+        raise ConfigError("ocpp.auth.mode = 'basic': set ocpp.auth.password (shared) or ocpp.auth.passwords (per charge point)")
+    if auth["mode"] == "none" and has_password:
+        raise ConfigError("ocpp.auth.mode = 'none' but passwords are set: set ocpp.auth.mode to 'basic' to require them")
+    mqtt = config["mqtt"]
+    if mqtt["keyfile"] and not mqtt["certfile"]:
+        raise ConfigError("mqtt.keyfile: give mqtt.certfile (the client certificate) with it")
     return config
 
 
@@ -283,7 +361,10 @@ def ocpp_config_actuators(value: Any) -> list[str]:
         )
     if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("execute_") for v in value):
         raise ConfigError(f"OCPP_CONFIG = {value!r}: expected a JSON array of strings starting with 'execute_'")
-    return value
+    unknown = [v for v in value if v not in BEMCOM_COMMANDS]
+    if unknown:
+        raise ConfigError(f"OCPP_CONFIG: unknown command {unknown[0]!r}; allowed: {', '.join(BEMCOM_COMMANDS)}")
+    return list(dict.fromkeys(value))
 
 
 def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -292,7 +373,7 @@ def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str,
     for section in ("ocpp", "mqtt", "charging", "bemcom"):
         data.setdefault(section, {})
     if "CONNECTOR_NAME" in env:
-        data["bemcom"]["connector_name"] = env["CONNECTOR_NAME"]
+        data["bemcom"]["connector_name"] = env["CONNECTOR_NAME"] or "unknown-connector"  # the template's default
         data["bemcom"]["enabled"] = True
     if "MQTT_BROKER_HOST" in env:
         data["mqtt"]["host"] = env["MQTT_BROKER_HOST"]
@@ -304,6 +385,8 @@ def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str,
         data["log_level"] = "debug" if env["DEBUG"] == "TRUE" else data.get("log_level", "info")
     if "SEND_RAW_MESSAGE_TO_DB" in env:
         data["bemcom"]["send_raw_message_to_db"] = env["SEND_RAW_MESSAGE_TO_DB"] == "TRUE"
+    if "LEGACY_KEYS" in env:  # ours: the original connector's datapoint keys, for existing single-charger mappings
+        data["bemcom"]["legacy_keys"] = env["LEGACY_KEYS"] == "TRUE"
     if "OCPP_PROFILE" in env and env["OCPP_PROFILE"].strip():
         data["charging"]["profile"] = profile_from_ocpp(_json_env(env, "OCPP_PROFILE"))
     if "OCPP_CONFIG" in env and env["OCPP_CONFIG"].strip():
@@ -335,9 +418,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_DOTENV_SKIP = re.compile(r"[ \t]*(?:#[^\r\n]*)?(?:\r?\n|\Z)")
+_DOTENV_ENTRY = re.compile(
+    r"""[ \t]*(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*
+    (?: '(?P<single>[^']*)'[ \t]*(?:\#[^\r\n]*)?
+      | "(?P<double>(?:\\.|[^"\\])*)"[ \t]*(?:\#[^\r\n]*)?
+      | (?P<bare>[^\r\n]*?)(?:[ \t]+\#[^\r\n]*)?[ \t]*
+    )(?:\r?\n|\Z)""",
+    re.VERBOSE,
+)
+_DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", '"': '"', "'": "'", "\\": "\\"}
+_DOTENV_EXPAND = re.compile(r"\$\{(?P<name>[^}:]+)(?::-(?P<default>[^}]*))?\}")
+
+
+def read_dotenv(path: str | Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of a ``.env`` file, in python-dotenv's syntax (how BEMcom's template reads it).
+
+    ``NAME=value`` lines with an optional ``export``, ``#`` comments, '...' taken
+    literally, "..." with backslash escapes (both may span lines), and ``${NAME}`` /
+    ``${NAME:-default}`` expanded outside single quotes, the environment first. A
+    missing file gives nothing; a line that is none of these is an error, not a
+    silently dropped setting.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    values: dict[str, str] = {}
+
+    def expand(value: str) -> str:
+        return _DOTENV_EXPAND.sub(lambda m: environ.get(m["name"], values.get(m["name"], m["default"] or "")), value)
+
+    pos = 0
+    while pos < len(text):
+        skip = _DOTENV_SKIP.match(text, pos)
+        if skip is not None and skip.end() > pos:
+            pos = skip.end()
+            continue
+        entry = _DOTENV_ENTRY.match(text, pos)
+        if entry is None:
+            line = text[pos:].splitlines()[0]
+            raise ConfigError(f"{path} line {text.count(chr(10), 0, pos) + 1}: cannot parse {line[:60]!r}; expected NAME=value")
+        if entry["single"] is not None:
+            values[entry["key"]] = entry["single"]
+        elif entry["double"] is not None:
+            unescaped = re.sub(r"\\(.)", lambda m: _DOTENV_ESCAPES.get(m[1], m[0]), entry["double"], flags=re.DOTALL)
+            values[entry["key"]] = expand(unescaped)
+        else:
+            values[entry["key"]] = expand(entry["bare"])
+        pos = entry.end()
+    return values
+
+
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Load and validate the configuration from a file (optional) and the environment."""
-    env = os.environ if env is None else env
+    """Load and validate the configuration from a file (optional) and the environment.
+
+    Without ``env``: the process environment, over a ``.env`` file in the working
+    directory (which never overrides a variable that is set).
+    """
+    if env is None:
+        env = {**read_dotenv(DOTENV, os.environ), **os.environ}
     data = read_yaml(path) if path else {}
     return validate(apply_environment(data, env))
 
@@ -346,10 +488,10 @@ def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy that is safe to log: passwords replaced."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, Mapping):
+        if "password" in key and value:
+            out[key] = "***"  # also a {charge point id: password} mapping, as a whole
+        elif isinstance(value, Mapping):
             out[key] = redacted(value)
-        elif "password" in key and value:
-            out[key] = "***"
         else:
             out[key] = value
     return out

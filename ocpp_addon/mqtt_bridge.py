@@ -6,12 +6,26 @@ exponential backoff); every callback hops into the event loop with
 Subscriptions live in a registry and are restored on every (re)connect, and the
 bridge state topic carries a last will so Home Assistant sees us go offline even
 when the process dies.
+
+Faults, and what covers them:
+
+* broker down at start or restarted: reconnect with capped backoff (1 s doubling
+  to 10 s, HA's own reconnect interval), then every on-connect callback runs and
+  re-publishes discovery, availability and state from scratch. Publishes while
+  disconnected are therefore dropped rather than queued in paho without bound;
+* a command published while we are away: with ``mqtt.persistent_session`` (the
+  default) the broker keeps our subscriptions and queues QoS 1 commands (Home
+  Assistant publishes with the discovery's ``qos: 1``) until we are back;
+* TLS (``mqtt.ssl`` or ``ca_certs``/``certfile``): TLS 1.2+, the broker's
+  certificate and host name checked unless ``tls_insecure``. The password is
+  handed to paho only, which never logs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Any, Callable
@@ -25,6 +39,22 @@ _LOGGER = logging.getLogger(__name__)
 
 MessageCallback = Callable[[str, bytes], None]
 RETRY_LOG_INTERVAL = 60.0
+RECONNECT_MIN_DELAY = 1
+RECONNECT_MAX_DELAY = 10
+
+
+def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext | None:
+    """The client TLS context from ``mqtt.ssl``/``ca_certs``/``certfile``/``keyfile``/``tls_insecure``; None for plain TCP."""
+    if not (cfg["ssl"] or cfg.get("ca_certs") or cfg.get("certfile")):
+        return None
+    context = ssl.create_default_context(cafile=cfg.get("ca_certs"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.get("certfile"):
+        context.load_cert_chain(cfg["certfile"], cfg.get("keyfile"))
+    if cfg.get("tls_insecure"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class MqttBridge:
@@ -37,20 +67,29 @@ class MqttBridge:
         self._keepalive: int = cfg["keepalive"]
         self._loop = loop
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._stale: set[str] = set()  # unsubscribed while disconnected
         self._connect_callbacks: list[Callable[[], None]] = []
         self.connected = asyncio.Event()
         self._last_failure_log = 0.0
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg["client_id"], clean_session=True)
+        self._lost_at: float | None = None
+        self._up = False  # paho thread: the current connection got a CONNACK
+        self.dropped = 0  # publishes dropped while disconnected (re-published on connect)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg["client_id"],
+                             clean_session=not cfg.get("persistent_session", False))
         if cfg["username"]:
             client.username_pw_set(cfg["username"], cfg["password"])
-        if cfg["ssl"]:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        context = tls_context(cfg)
+        if context is not None:
+            client.tls_set_context(context)
         client.will_set(self.state_topic, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # No Nagle: the state message and the command result go out back to back, and the second
+        # small write would wait ~40 ms for the broker's delayed ACK (measured in bench/latency.py).
+        client.on_socket_open = _no_delay
         self.client = client
 
     # -- public API (call from the event loop) ----------------------------------
@@ -61,14 +100,24 @@ class MqttBridge:
 
     def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1) -> None:
         self._subscriptions[topic] = (qos, callback)
-        if self.connected.is_set():
+        # paho's state, not ours: between its CONNACK and our on-connect callbacks a new
+        # subscription would otherwise be in neither the restored set nor sent.
+        if self.client.is_connected():
             self.client.subscribe(topic, qos)
 
     def unsubscribe(self, topic: str) -> None:
-        if self._subscriptions.pop(topic, None) is not None and self.connected.is_set():
+        if self._subscriptions.pop(topic, None) is None:
+            return
+        if self.client.is_connected():
             self.client.unsubscribe(topic)
+        else:  # a persistent session would keep it at the broker: drop it when we are back
+            self._stale.add(topic)
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 0) -> None:
+        """Publish now, or drop it while disconnected: every (re)connect re-publishes the whole state."""
+        if not self.client.is_connected():
+            self.dropped += 1
+            return
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     async def start(self) -> None:
@@ -78,7 +127,7 @@ class MqttBridge:
 
     async def stop(self) -> None:
         """Publish 'offline' (a clean stop does not fire the last will), then disconnect."""
-        if self.connected.is_set():
+        if self.client.is_connected():  # not our event: it may lag paho's CONNACK by a loop turn
             info = self.client.publish(self.state_topic, "offline", qos=1, retain=True)
             await asyncio.get_running_loop().run_in_executor(None, _wait_published, info, 3.0)
         self.client.disconnect()
@@ -88,8 +137,16 @@ class MqttBridge:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            _LOGGER.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            now = time.monotonic()
+            if now - self._last_failure_log >= RETRY_LOG_INTERVAL:
+                self._last_failure_log = now
+                _LOGGER.error("MQTT broker %s:%d refused the connection: %s; retrying in the background", self.host, self.port, reason_code)
             return
+        self._up = True
+        for topic in list(self._stale):
+            self._stale.discard(topic)
+            if topic not in self._subscriptions:
+                client.unsubscribe(topic)
         for topic, (qos, _) in list(self._subscriptions.items()):
             client.subscribe(topic, qos)
         client.publish(self.state_topic, "online", qos=1, retain=True)
@@ -97,7 +154,12 @@ class MqttBridge:
         self._loop.call_soon_threadsafe(self._connected_in_loop)
 
     def _connected_in_loop(self) -> None:
-        _LOGGER.info("MQTT connected to %s:%d", self.host, self.port)
+        if self._lost_at is None:
+            _LOGGER.info("MQTT connected to %s:%d", self.host, self.port)
+        else:
+            _LOGGER.info("MQTT reconnected to %s:%d after %.1f s", self.host, self.port, time.monotonic() - self._lost_at)
+        self._lost_at = None
+        self._last_failure_log = 0.0
         self.connected.set()
         for callback in self._connect_callbacks:
             try:
@@ -109,13 +171,23 @@ class MqttBridge:
         now = time.monotonic()
         if now - self._last_failure_log >= RETRY_LOG_INTERVAL:
             self._last_failure_log = now
-            _LOGGER.warning("MQTT broker %s:%d is not reachable; retrying in the background", self.host, self.port)
+            if self.client._ssl:  # noqa: SLF001 - paho hands on_connect_fail no reason
+                _LOGGER.warning("cannot connect to the MQTT broker %s:%d over TLS (not reachable, or its certificate is not trusted: "
+                                "see mqtt.ca_certs and mqtt.tls_insecure); retrying in the background", self.host, self.port)
+            else:
+                _LOGGER.warning("MQTT broker %s:%d is not reachable; retrying in the background", self.host, self.port)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.connected.clear)
-        if reason_code != 0:
+        self._loop.call_soon_threadsafe(self._disconnected_in_loop)
+        was_up, self._up = self._up, False
+        if reason_code != 0 and was_up:  # a refused attempt was logged (rate-limited) by _on_connect
             _LOGGER.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, reason_code)
+
+    def _disconnected_in_loop(self) -> None:
+        if self.connected.is_set():
+            self._lost_at = time.monotonic()
+        self.connected.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
@@ -140,3 +212,10 @@ def _wait_published(info: mqtt.MQTTMessageInfo, timeout: float) -> None:
         info.wait_for_publish(timeout)
     except (RuntimeError, ValueError):
         pass  # not connected any more: the last will covers us
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (e.g. a Unix socket): nothing to tune

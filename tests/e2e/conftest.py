@@ -16,6 +16,7 @@ from .ha import HaVenvMissing, HomeAssistant, Mosquitto, find_ha_venv
 
 
 _STARTED: list[HomeAssistant] = []
+_REPORT: list[str] = []  # lines for the terminal summary (e.g. scenario timings)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,6 +33,12 @@ def ha_venv():
     except HaVenvMissing as err:
         message = str(err)
     pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def e2e_report() -> list[str]:
+    """Append lines here to have them printed in the terminal summary (timings, HA's warnings)."""
+    return _REPORT
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +82,5 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for ha in _STARTED:
         times = ", ".join(f"{t:.1f} s" for t in ha.startup_seconds) or "never RUNNING"
         terminalreporter.write_line(f"Home Assistant {ha.version} startups: {times} (log: {ha.log_path})")
+    for line in _REPORT:
+        terminalreporter.write_line(line)

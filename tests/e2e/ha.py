@@ -15,6 +15,8 @@ early exit of HA raises with the tail of HA's log in the message.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import re
@@ -485,6 +487,10 @@ class HomeAssistant:
         """config/entity_registry/get: the full entry (original_device_class, capabilities, ...)."""
         return self.ws("config/entity_registry/get", entity_id=entity_id)
 
+    def entity_registry_entries(self, entity_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """config/entity_registry/get_entries: full entries for many entities in one call (None: unknown)."""
+        return self.ws("config/entity_registry/get_entries", entity_ids=list(entity_ids))
+
     def device_registry(self) -> list[dict[str, Any]]:
         """config/device_registry/list."""
         return self.ws("config/device_registry/list")
@@ -577,12 +583,18 @@ class HomeAssistant:
 
     # ---- logs ------------------------------------------------------------------------------------
 
-    def log_text(self, since_start: bool = False) -> str:
-        """HA's console output (all runs, or only since the last start())."""
+    def log_mark(self) -> int:
+        """A position in HA's console log (it spans restarts); pass it as ``since`` to read only what follows."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_text(self, since_start: bool = False, since: int | None = None) -> str:
+        """HA's console output (all runs, only since the last start(), or since a log_mark())."""
         if not self.log_path.exists():
             return ""
         with open(self.log_path, "rb") as f:
-            if since_start:
+            if since is not None:
+                f.seek(since)
+            elif since_start:
                 f.seek(self._log_offset)
             return f.read().decode(errors="replace")
 
@@ -590,13 +602,13 @@ class HomeAssistant:
         return f"--- last {lines} lines of {self.log_path} ---\n{_tail(self.log_path, lines)}"
 
     def log_records(self, min_level: str = "WARNING", logger_prefix: str = "",
-                    since_start: bool = False) -> list[dict[str, str]]:
+                    since_start: bool = False, since: int | None = None) -> list[dict[str, str]]:
         """Parsed log lines at or above ``min_level`` whose logger starts with ``logger_prefix``.
 
         A record's message includes its continuation lines (tracebacks)."""
         records: list[dict[str, str]] = []
         current: dict[str, str] | None = None
-        for line in self.log_text(since_start).splitlines():
+        for line in self.log_text(since_start, since).splitlines():
             m = LOG_LINE_RE.match(line)
             if m:
                 current = m.groupdict()
@@ -608,3 +620,29 @@ class HomeAssistant:
             elif current is not None:
                 current["message"] += "\n" + line
         return records
+
+
+class AsyncHomeAssistant:
+    """The same API, awaitable: every method of the wrapped :class:`HomeAssistant` runs in a worker thread.
+
+    For tests whose event loop also runs our service and the simulated chargers: HA's blocking calls
+    (REST, websocket, the polling waits) must not stall that loop.
+
+        ha = AsyncHomeAssistant(home_assistant)
+        await ha.call_service("number", "set_value", {...})
+        ha.sync.version  # attributes and the wrapped object stay reachable
+    """
+
+    def __init__(self, ha: HomeAssistant) -> None:
+        self.sync = ha
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.sync, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(attr, *args, **kwargs)
+
+        return call
