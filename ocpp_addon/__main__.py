@@ -46,6 +46,18 @@ async def _main(config: dict, addon_options: dict | None = None) -> None:
     await run(config, stop)
 
 
+def raise_open_file_limit() -> None:
+    """Each charger is a socket; the usual soft limit of 1,024 open files would cap us near 1,000 chargers."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not on this platform, or not allowed: the default limit stays
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     # Inside a Home Assistant app the Supervisor sets SUPERVISOR_TOKEN: options come from /data/options.json.
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("configuration OK")
         return 0
     setup_logging(config["log_level"])
+    raise_open_file_limit()
     try:
         asyncio.run(_main(config, addon_options))
     except OSError as err:  # e.g. the OCPP port is taken

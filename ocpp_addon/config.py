@@ -154,7 +154,7 @@ SCHEMA = vol.Schema(
             # Seconds a client gets to finish the TLS and WebSocket handshakes.
             vol.Optional("open_timeout", default=10): POSITIVE_SECONDS,
             # Open charger connections (and handshakes) beyond this are refused with HTTP 503.
-            vol.Optional("max_connections", default=500): vol.All(vol.Coerce(int), vol.Range(min=1, max=100000)),
+            vol.Optional("max_connections", default=10000): vol.All(vol.Coerce(int), vol.Range(min=1, max=100000)),
             # With allow_unknown_chargers false, only these ids (and ids with a password) may connect.
             vol.Optional("allow_unknown_chargers", default=True): vol.Boolean(),
             vol.Optional("chargers", default=[]): vol.Any(None, [_charger_id]),
