@@ -170,6 +170,7 @@ class Hub:
         """A session limit (TxProfile) can only be installed once a transaction runs."""
         s = cp.state
         if self.config["charging"]["profile"]["purpose"] == "TxProfile" and s.requested_limit is not None:
+            self._force_limit.add(cp.id)  # the last session's TxProfile ended with it
             self._pending_limit.add(cp.id)
             self._start_limit_worker(cp)
 

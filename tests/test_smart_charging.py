@@ -312,3 +312,20 @@ async def test_a_lone_setpoint_is_not_delayed_by_the_debounce(service_factory, p
     probe.publish(LIMIT_SET, "10")
     await sim.wait_for_call("SetChargingProfile")
     assert "wallbox-1" in service.app.hub._debounce  # sent while the 30 s quiet window is still open
+
+
+async def test_session_limit_is_a_tx_profile_bound_to_the_running_transaction(service_factory, probe: MqttProbe) -> None:
+    service = await service_factory(charging={"profile": {"purpose": "TxProfile"}})
+    sim = await service.charger("wallbox-1")
+    probe.publish(LIMIT_SET, "10")
+    profile = _profile(request := await sim.wait_for_call("SetChargingProfile"))
+    assert request["connectorId"] == 1
+    assert profile["chargingProfilePurpose"] == "TxProfile" and profile["transactionId"] == sim.transaction_id
+    await _accepted(probe)
+    # after the session ends, the next one gets the limit again when it starts
+    await sim.stop_transaction()
+    mark = len(sim.received)
+    probe.publish("ocpp/wallbox-1/charging/set", "ON")
+    second = await sim.wait_for_call("SetChargingProfile", since=mark)
+    active = service.app.hub.states["wallbox-1"].active_transaction()
+    assert active is not None and _profile(second)["transactionId"] == active[1].transaction_id != profile["transactionId"]
