@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import time
@@ -45,6 +46,12 @@ class EmbeddedBroker:
                 "install it (apt-get install mosquitto) or set mqtt.host to your broker"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to its own user: let that user keep its persistence file.
+            try:
+                shutil.chown(self.dir, user="mosquitto")
+            except (LookupError, OSError):
+                pass
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
             # set_tcp_nodelay: small publishes (state, then the command result) must not wait ~40 ms on Nagle

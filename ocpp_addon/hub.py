@@ -204,7 +204,7 @@ class Hub:
             self.result(charger_id, command="charging_limit", status="Invalid", limit=limit, unit=unit, source=source, reason=str(err))
             return
         state.requested_limit, state.requested_unit = limit, unit
-        self.store.update_charger(charger_id, requested_limit=limit, requested_unit=unit)
+        self.store.update_charger(charger_id, urgent=True, requested_limit=limit, requested_unit=unit)
         cp = self.connected.get(charger_id)
         if cp is None or not cp.ready.is_set():
             _LOGGER.info("%s: charger offline; keeping charging limit %g %s until it connects", charger_id, limit, unit)

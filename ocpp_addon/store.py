@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class Store:
         self.data: dict[str, Any] = {"version": 1, "chargers": {}, "next_transaction_id": 1}
         self._save_handle: asyncio.TimerHandle | None = None
         self._writing: asyncio.Future[None] | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._load()
 
     def _load(self) -> None:
@@ -52,11 +54,20 @@ class Store:
     def chargers(self) -> dict[str, dict[str, Any]]:
         return self.data["chargers"]
 
-    def update_charger(self, charger_id: str, **fields: Any) -> None:
+    def update_charger(self, charger_id: str, urgent: bool = False, **fields: Any) -> None:
+        """``urgent``: write now (off the loop) rather than coalesced, e.g. a new setpoint a SIGKILL must not lose."""
         entry = self.chargers.setdefault(charger_id, {})
         if any(entry.get(k) != v for k, v in fields.items()):
             entry.update(fields)
-            self.schedule_save()
+            if urgent and self._save_handle is None:
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:
+                    self.save()
+                    return
+                self._save_soon()
+            else:
+                self.schedule_save()
 
     def forget_charger(self, charger_id: str) -> None:
         if self.chargers.pop(charger_id, None) is not None:
@@ -89,14 +100,16 @@ class Store:
     def _save_soon(self) -> None:
         """Timer callback: snapshot on the loop (consistent), write and fsync off it."""
         self._save_handle = None
-        self._writing = asyncio.get_running_loop().run_in_executor(None, self._write, self._snapshot())
+        # One writer thread: writes land in the order their snapshots were taken.
+        self._writing = asyncio.get_running_loop().run_in_executor(self._writer, self._write, self._snapshot())
 
     async def close(self) -> None:
         """Final save: after any write still in flight, so an older snapshot cannot land last."""
         if self._writing is not None:
-            await asyncio.shield(self._writing)
+            await asyncio.shield(self._writing)  # FIFO writer: the last submitted is the last to land
             self._writing = None
         self.save()
+        self._writer.shutdown(wait=True)
 
     def _snapshot(self) -> str:
         # The C encoder: indent/sort_keys would fall back to the slow pure-Python one.
