@@ -9,7 +9,9 @@ import os
 import signal
 import sys
 
-from . import __version__, config as config_module, supervisor
+from . import __version__
+from . import config as config_module, supervisor
+from .logs import OneLineFormatter
 from .app import run
 
 
@@ -22,11 +24,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # One record, one line: a charger-chosen string with a newline cannot forge a log line.
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # The ocpp library logs every frame at INFO and tracebacks for bad frames; we log our own lines.
     logging.getLogger("ocpp").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.INFO if level == "debug" else logging.WARNING)

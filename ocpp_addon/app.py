@@ -36,6 +36,7 @@ class App:
         self.broker: EmbeddedBroker | None = None
         self.mqtt = MqttBridge(config)
         self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
+        self.store.on_problem = self.homeassistant.problem_changed
         self.hub.add_sink(self.homeassistant)
         self.bemcom: BemcomSink | None = None
         if config["bemcom"]["enabled"]:
@@ -76,6 +77,7 @@ class App:
         await self.hub.close()
         for charger_id in connected:  # no stale 'online' for chargers we just dropped
             self.mqtt.publish(f"{self.config['mqtt']['base_topic']}/{charger_id}/availability", "offline", retain=True, qos=1)
+        self.store.on_problem = None  # the last save below must not publish after the bridge is gone
         await self.store.close()
         if self.bemcom is not None:
             await self.bemcom.stop()

@@ -12,10 +12,22 @@ charger (``ocpp.auth.passwords``), in one of three forms:
 * anything else is the password itself.
 
 Every comparison is constant-time (``hmac.compare_digest``). PBKDF2 is slow on
-purpose, so it runs in a worker thread (never on the event loop) and a verified
-password is remembered per charger as a salted fast digest: a charger that
-reconnects every minute costs one PBKDF2 per process lifetime, and a wrong
-password for it is refused without another one.
+purpose, which makes it a lever for an attacker; three rules take it away:
+
+* **equal work**: while any PBKDF2 password is configured, every attempt that is
+  not a remembered success costs exactly one PBKDF2 of the configured strength,
+  against the real hash or a dummy one, so how long a refusal takes does not
+  tell whether the id exists or which kind of password it has;
+* **bounded work**: PBKDF2 runs on two worker threads (never on the event loop),
+  at most :data:`PER_ADDRESS` attempts per client address and :data:`PER_ID`
+  per charge point id wait for them; beyond that an attempt is refused at once,
+  and a wrong password seen recently is refused without hashing it again;
+* **fairness**: waiting attempts are served round-robin by client address, so
+  hundreds of wrong guesses from one address delay a charger's correct login
+  from another by at most a couple of hashes instead of starving it.
+
+A verified password is remembered per charger as a peppered fast digest: a
+charger that reconnects every minute costs one PBKDF2 per process lifetime.
 """
 
 from __future__ import annotations
@@ -31,13 +43,18 @@ import os
 import re
 import secrets
 import sys
-from typing import Any, Mapping
+from collections import OrderedDict, deque
+from typing import Any, Callable, Mapping
 
 SHA256_PREFIX = "sha256:"
 PBKDF2_PREFIX = "pbkdf2_sha256$"
 PBKDF2_DEFAULT_ITERATIONS = 200_000
 _SHA256_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 REALM = "ocpp"
+WORKERS = 2  # PBKDF2 threads: unauthenticated clients must never take every core
+PER_ADDRESS = 8  # attempts waiting for a hash, per client address
+PER_ID = 32  # attempts waiting for a hash, per charge point id
+FAILED_MEMORY = 4096  # recently refused (id, password) digests, refused again without hashing
 
 
 def check_stored(stored: str) -> None:
@@ -104,6 +121,63 @@ def parse_basic(header: str | None) -> tuple[str, bytes] | None:
         return None
 
 
+class FairHasher:
+    """Runs slow checks on :data:`WORKERS` threads, round-robin over client addresses.
+
+    :meth:`run` returns the check's result, or None when the caller's address or id
+    already has too many attempts waiting (refused without any work)."""
+
+    def __init__(self, workers: int = WORKERS, per_address: int = PER_ADDRESS, per_id: int = PER_ID) -> None:
+        self.workers = workers
+        self.per_address = per_address
+        self.per_id = per_id
+        self._queues: OrderedDict[str, deque[tuple[str, Callable[[], bool], asyncio.Future[bool]]]] = OrderedDict()
+        self._per_id: dict[str, int] = {}
+        self._running = 0
+
+    async def run(self, address: str, charger_id: str, check: Callable[[], bool]) -> bool | None:
+        queue = self._queues.get(address)
+        if (queue is not None and len(queue) >= self.per_address) or self._per_id.get(charger_id, 0) >= self.per_id:
+            return None
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if queue is None:
+            queue = self._queues[address] = deque()
+        queue.append((charger_id, check, future))
+        self._per_id[charger_id] = self._per_id.get(charger_id, 0) + 1
+        self._pump()
+        return await future
+
+    def _pump(self) -> None:
+        while self._running < self.workers and self._queues:
+            address, queue = next(iter(self._queues.items()))
+            charger_id, check, future = queue.popleft()
+            if queue:
+                self._queues.move_to_end(address)  # the next waiting attempt is another address's
+            else:
+                del self._queues[address]
+            left = self._per_id[charger_id] - 1
+            if left:
+                self._per_id[charger_id] = left
+            else:
+                del self._per_id[charger_id]
+            if future.cancelled():  # the client gave up (handshake timeout): no work for it
+                continue
+            self._running += 1
+            task = asyncio.ensure_future(asyncio.to_thread(check))
+            task.add_done_callback(lambda t, f=future: self._done(t, f))
+
+    def _done(self, task: asyncio.Future[bool], future: asyncio.Future[bool]) -> None:
+        self._running -= 1
+        if not future.done():
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(task.result())
+        self._pump()
+
+
 class Authenticator:
     """Decides, per handshake, whether a charge point may connect (``ocpp.auth`` and the known-id list)."""
 
@@ -116,15 +190,20 @@ class Authenticator:
         self.known_ids = frozenset(ocpp["chargers"]) | frozenset(self.passwords)
         self._pepper = os.urandom(16)  # keys the remembered digests; never leaves the process
         self._verified: dict[str, bytes] = {}
-        self._slow = asyncio.Semaphore(2)  # PBKDF2 from unauthenticated clients must not take every thread
+        self._failed: OrderedDict[bytes, None] = OrderedDict()
+        self.hasher = FairHasher()
+        stored = [p for p in (self.shared, *self.passwords.values()) if p is not None and is_slow(p)]
+        # Equal work: with any PBKDF2 password configured, a refusal always costs one PBKDF2 this strong.
+        strongest = max((_parse_pbkdf2(p)[0] for p in stored), default=0)
+        self._dummy = hash_password(secrets.token_urlsafe(16), strongest) if strongest else None
 
     def is_known(self, charger_id: str) -> bool:
         return self.allow_unknown or charger_id in self.known_ids
 
-    def _remembered(self, charger_id: str, password: bytes) -> bytes:
+    def _digest(self, charger_id: str, password: bytes) -> bytes:
         return hmac.new(self._pepper, charger_id.encode() + b"\0" + password, hashlib.sha256).digest()
 
-    async def check(self, charger_id: str, authorization: str | None) -> str | None:
+    async def check(self, charger_id: str, authorization: str | None, address: str = "?") -> str | None:
         """None when the charger may connect; otherwise why not (for our log, never for the client)."""
         if not self.required:
             return None
@@ -134,20 +213,31 @@ class Authenticator:
         user, password = credentials
         if not hmac.compare_digest(user.encode(), charger_id.encode()):
             return "the username is not the charge point id"
-        stored = self.passwords.get(charger_id, self.shared)
-        if stored is None:
-            return "no password is configured for this charge point"
+        digest = self._digest(charger_id, password)
         remembered = self._verified.get(charger_id)
-        if remembered is not None:
-            ok = hmac.compare_digest(remembered, self._remembered(charger_id, password))
-        elif is_slow(stored):
-            async with self._slow:
-                ok = await asyncio.to_thread(verify, password, stored)
-            if ok:
-                self._verified[charger_id] = self._remembered(charger_id, password)
+        if remembered is not None and hmac.compare_digest(remembered, digest):
+            return None
+        if digest in self._failed:
+            self._failed.move_to_end(digest)
+            return "wrong password (tried recently)"
+        stored = self.passwords.get(charger_id, self.shared)
+        if stored is not None and is_slow(stored):
+            ok = await self.hasher.run(address, charger_id, lambda: verify(password, stored))
         else:
-            ok = verify(password, stored)
-        return None if ok else "wrong password"
+            ok = stored is not None and verify(password, stored)
+            if not ok and self._dummy is not None:  # as long as a PBKDF2 refusal would have taken
+                dummy = self._dummy
+                if await self.hasher.run(address, charger_id, lambda: verify(password, dummy) and False) is None:
+                    ok = None
+        if ok is None:
+            return "too many login attempts waiting from this address or for this charge point; refused without checking"
+        if ok:
+            self._verified[charger_id] = digest
+            return None
+        self._failed[digest] = None
+        if len(self._failed) > FAILED_MEMORY:
+            self._failed.popitem(last=False)
+        return "wrong password" if stored is not None else "no password is configured for this charge point"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import __version__
+from . import __version__, strict_json
 from .charge_point import snake_keys
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, RAW_FRAME, READY, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
@@ -382,7 +382,7 @@ class MqttLogHandler(logging.Handler):
             for secret in self.secrets:
                 msg = msg.replace(secret, "***")
             payload = {"timestamp": round(record.created * 1000), "msg": msg, "emitter": record.funcName, "level": record.levelno}
-            self.mqtt.publish(self.topic, json.dumps(payload), retain=True)
+            self.mqtt.publish(self.topic, strict_json.dumps(payload), retain=True)
         except Exception:
             self.handleError(record)
         finally:
@@ -458,7 +458,7 @@ class BemcomSink:
         while True:
             now = now_ms()
             beat = {"this_heartbeats_timestamp": now, "next_heartbeats_timestamp": now + interval_ms}
-            self.mqtt.publish(self.topic_heartbeat, json.dumps(beat))
+            self.mqtt.publish(self.topic_heartbeat, strict_json.dumps(beat))
             await asyncio.sleep(self.heartbeat_interval)
 
     # -- hub events ------------------------------------------------------------------------
@@ -492,12 +492,12 @@ class BemcomSink:
     def _on_frame(self, charger_id: str, text: str) -> None:
         received = now_ms()
         try:
-            frame: Any = json.loads(text)
-        except ValueError:
+            frame: Any = strict_json.loads(text)
+        except (ValueError, RecursionError):  # as the charger sent it; NaN/1e400 never become "Infinity"
             frame = text
         if self.raw_to_db:
             message = {"payload": {"raw_message": frame, "timestamp": received}, "connector_version": __version__}
-            self.mqtt.publish(self.topic_raw, json.dumps(message), qos=2)
+            self.mqtt.publish(self.topic_raw, strict_json.dumps(message), qos=2)
         # Only the charger's CALLs carry sensor data; answers to our commands come back as RESULT events.
         if isinstance(frame, list) and len(frame) == 4 and frame[0] == 2 and isinstance(frame[2], str) and isinstance(frame[3], dict):
             self._sensor_flow(charger_id, sensor_message(frame[2], frame[3]))
@@ -519,7 +519,7 @@ class BemcomSink:
                 self._publish_value(topic, value, timestamp)
 
     def _publish_value(self, topic: str, value: Any, timestamp: int) -> None:
-        self.mqtt.publish(topic, json.dumps({"value": value, "timestamp": timestamp}, default=str), retain=True)
+        self.mqtt.publish(topic, strict_json.dumps({"value": value, "timestamp": timestamp}, default=str), retain=True)
 
     def _add_actuators(self, charger_id: str | None) -> None:
         if self.legacy != (charger_id is None):
@@ -535,7 +535,7 @@ class BemcomSink:
             "sensor": {key: value for key, (value, _) in self._sensors.items()},
             "actuator": {key: ACTUATOR_EXAMPLE for key in self._actuators},
         }
-        self.mqtt.publish(self.topic_available, json.dumps(available, default=str), retain=True)
+        self.mqtt.publish(self.topic_available, strict_json.dumps(available, default=str), retain=True)
 
     # -- datapoint_map ------------------------------------------------------------------------
 

@@ -44,13 +44,12 @@ from websockets.http11 import Request, Response
 
 from .auth import REALM, Authenticator
 from .charge_point import ChargePoint
-from .config import CHARGER_ID_PATTERN, CHARGER_ID_RE
+from .topics import CHARGER_ID_PATTERN, is_usable_charger_id, printable
 from .hub import Hub
 
 _LOGGER = logging.getLogger(__name__)
 
 SUBPROTOCOL = "ocpp1.6"
-RESERVED_IDS = frozenset({"bridge"})  # <base>/bridge/... is the bridge's own topic tree
 REFUSAL_LOG_INTERVAL = 60.0
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
@@ -63,7 +62,7 @@ def charger_id_from_path(path: str, prefix: str) -> str | None:
             return None
         path = path[len(prefix):]
     candidate = unquote(path[1:]) if path.startswith("/") else ""
-    if not CHARGER_ID_RE.match(candidate) or candidate.lower() in RESERVED_IDS:
+    if not is_usable_charger_id(candidate):
         return None
     return candidate
 
@@ -131,8 +130,54 @@ class _Connection:
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         await self.ws.close(code, reason)
 
+    def backlog(self) -> int:
+        """Frames the charger sent that we have not read yet (websockets' receive queue)."""
+        frames = getattr(getattr(self.ws, "recv_messages", None), "frames", None)
+        try:
+            return len(frames)  # type: ignore[arg-type]
+        except TypeError:  # another websockets layout: assume none, so a charger is slowed, never cut off
+            return 0
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ws, name)
+
+
+class _WatchedConnection(ServerConnection):
+    """A connection whose peer stopped reading is dropped, not kept forever.
+
+    When the charger stops reading, our writes pile up until the transport pauses
+    writing; from then on every send, and websockets' own keepalive ping, waits for
+    a drain that never comes, so the ping timeout never fires and commands never
+    end. Writes that stay paused for ``stall_timeout`` seconds abort the transport:
+    the charger goes offline and every command waiting on it ends with an event.
+    """
+
+    stall_timeout = 20.0
+    _stall: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        super().connection_lost(exc)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        path = self.request.path if self.request is not None else "?"
+        _LOGGER.warning("%s: dropped the connection: it has not read what we sent for %g s (%d bytes waiting)",
+                        printable(path.rsplit("/", 1)[-1], 80), self.stall_timeout, self.transport.get_write_buffer_size())
+        self.transport.abort()
 
 
 class CentralSystem:
@@ -147,10 +192,12 @@ class CentralSystem:
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        watched = type("WatchedConnection", (_WatchedConnection,), {"stall_timeout": self.ocpp["ping_timeout"]})
         self.server = await serve(
             self._handle,
             self.ocpp["host"],
             self.ocpp["port"],
+            create_connection=watched,
             subprotocols=[SUBPROTOCOL],
             select_subprotocol=self._select_subprotocol,
             process_request=self._process_request,
@@ -199,6 +246,14 @@ class CentralSystem:
         return connection.respond(status, body)
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return await self._check_request(connection, request)
+        except Exception as err:  # noqa: BLE001 - a request we did not foresee gets one line, not a traceback
+            self._admitted.discard(connection)
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, "bad request\n", "cannot handle the request for %r (%s: %s)",
+                                printable(request.path, 100), type(err).__name__, printable(str(err), 100))
+
+    async def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         prefix = self.ocpp["path_prefix"]
         charger_id = charger_id_from_path(request.path, prefix)
         if charger_id is None:
@@ -218,7 +273,12 @@ class CentralSystem:
         self._admitted.add(connection)
         self._background(self._release_when_closed(connection))
         try:
-            failure = await self.auth.check(charger_id, request.headers.get("Authorization"))
+            authorization = request.headers.get_all("Authorization")
+            if len(authorization) > 1 and self.auth.required:
+                failure: str | None = "more than one Authorization header"
+            else:
+                failure = await self.auth.check(charger_id, authorization[0] if authorization else None,
+                                                connection.remote_address[0] if connection.remote_address else "?")
         except BaseException:
             self._admitted.discard(connection)
             raise

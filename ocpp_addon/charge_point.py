@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import re
+import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from ocpp.exceptions import (
     NotImplementedError as OcppNotImplemented,
     NotSupportedError,
     OCPPError,
+    PropertyConstraintViolationError,
+    TypeConstraintViolationError,
 )
 from ocpp.messages import Call, CallError, CallResult
 from ocpp.routing import after, on
@@ -41,7 +44,10 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, DataTransferStatus, RegistrationStatus
 from websockets.exceptions import ConnectionClosed
 
-from . import validation
+from . import strict_json, validation
+from .strict_json import NonFiniteNumber
+from .logs import LogBudget
+from .topics import printable
 from .profiles import (
     Attempt,
     SetpointError,
@@ -106,8 +112,24 @@ def camel_keys(data: Any) -> Any:
 
 
 def _short(frame: Any) -> str:
-    text = frame if isinstance(frame, str) else repr(frame)
-    return text if len(text) <= _LOG_FRAME_CHARS else text[:_LOG_FRAME_CHARS] + "..."
+    """A charger-sent string for one log line: bounded, control characters escaped."""
+    return printable(frame, _LOG_FRAME_CHARS)
+
+
+def parse_frame(raw: str) -> Any:
+    """A frame's JSON, every number finite, so nothing we re-emit can become NaN/Infinity.
+
+    Raises ValueError (NonFiniteNumber for an out-of-range number) or RecursionError."""
+    return strict_json.loads(raw)
+
+
+_FRAME_ID_RE = re.compile(r'\A\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
+
+
+def _frame_id(raw: str) -> str | None:
+    """The message id of a CALL whose JSON we refused, so the CALLERROR can still name it."""
+    match = _FRAME_ID_RE.match(raw)
+    return match.group(1) if match else None
 
 
 class InvalidResponse(Exception):
@@ -172,6 +194,15 @@ class ChargePoint(_OcppChargePoint):
         self._after_tasks: set[asyncio.Task[Any]] = set()
         self._energy_drops = 0
         self._newest_sample: dict[int, datetime] = {}
+        ocpp = config["ocpp"]
+        self._max_connectors: int = ocpp["max_connectors"]
+        self._bad_frame_log = LogBudget(lines=10, interval=60.0)  # a malformed-frame flood must not flood the log
+        self._rate: float = ocpp["max_message_rate"]
+        self._burst: float = float(ocpp["message_burst"])
+        self._tokens = self._burst
+        self._tokens_at = time.monotonic()
+        self._held_since: float | None = None  # when we started reading this charger more slowly
+        self._flood_limit: float = ocpp["flood_disconnect_after"]
 
     # -- receive path -------------------------------------------------------
 
@@ -180,8 +211,10 @@ class ChargePoint(_OcppChargePoint):
         try:
             while True:
                 frame = await self._connection.recv()
+                if not await self._within_rate():
+                    return
                 if isinstance(frame, bytes):
-                    _LOGGER.warning("%s: ignored a binary frame (%d bytes); OCPP-J uses text frames", self.id, len(frame))
+                    self._warn("%s: ignored a binary frame (%d bytes); OCPP-J uses text frames", self.id, len(frame))
                     continue
                 if self.hub.wants_raw_frames:
                     self.hub.raw_frame(self.id, frame)
@@ -189,14 +222,61 @@ class ChargePoint(_OcppChargePoint):
         except ConnectionClosed:
             return
 
+    async def _within_rate(self) -> bool:
+        """Fairness: one charger's frames are read at most ``ocpp.max_message_rate`` per second
+        (after a burst of ``message_burst``), so a flood from one cannot slow every other one.
+
+        Waiting here leaves the frames in websockets' queue and then the kernel's buffers: TCP
+        flow control slows the sender, and none of its frames cost us CPU until their turn.
+        A charger that obeys OCPP (one CALL, then wait for the answer) only ever gets slower;
+        one that keeps a backlog of unread frames for ``flood_disconnect_after`` seconds is
+        disconnected (1008). False when the connection was closed here.
+        """
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        self._tokens -= 1.0
+        if self._tokens >= 0:
+            if self._held_since is not None:
+                self._held_since = None
+                _LOGGER.info("%s: back under %g frames/s", self.id, self._rate)
+            return True
+        if self._held_since is None:
+            self._held_since = now
+            _LOGGER.warning("%s: sends more than %g frames/s (ocpp.max_message_rate); reading its frames more slowly", self.id, self._rate)
+        elif now - self._held_since >= self._flood_limit and self._backlog() > 0:
+            _LOGGER.warning("%s: disconnected: flooding for %.0f s without waiting for answers (ocpp.flood_disconnect_after)",
+                            self.id, now - self._held_since)
+            await self._connection.close(1008, "message rate limit exceeded")
+            return False
+        await asyncio.sleep(-self._tokens / self._rate)
+        return True
+
+    def _backlog(self) -> int:
+        """Frames received but not read yet (a charger waiting for our answers has none)."""
+        backlog = getattr(self._connection, "backlog", None)
+        return backlog() if callable(backlog) else 0
+
+    def _warn(self, msg: str, *args: Any) -> None:
+        """A warning about a charger's bad input, within this charger's log budget."""
+        ok, held = self._bad_frame_log.take()
+        if ok:
+            if held:
+                msg += " (%d similar lines held back)"
+                args = (*args, held)
+            _LOGGER.warning(msg, *args)
+
     async def route_message(self, raw_msg: str) -> None:
         try:
-            msg = json.loads(raw_msg)
+            msg = parse_frame(raw_msg)
+        except NonFiniteNumber as err:  # e.g. "connectorId": 1e400: answered by id when the id can be read
+            await self._reject_frame(_frame_id(raw_msg), f"a number JSON cannot carry: {err}", raw_msg, TypeConstraintViolationError)
+            return
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            _LOGGER.warning("%s: dropped a frame that is not JSON: %s", self.id, _short(raw_msg))
+            self._warn("%s: dropped a frame that is not JSON: %s", self.id, _short(raw_msg))
             return
         if not isinstance(msg, list) or not msg:
-            _LOGGER.warning("%s: dropped a frame that is not an OCPP-J array: %s", self.id, _short(raw_msg))
+            self._warn("%s: dropped a frame that is not an OCPP-J array: %s", self.id, _short(raw_msg))
             return
         type_id = msg[0]
         unique_id = msg[1] if len(msg) > 1 and isinstance(msg[1], str) and 0 < len(msg[1]) <= 36 else None
@@ -208,18 +288,20 @@ class ChargePoint(_OcppChargePoint):
         elif type_id in (3, 4):
             self._route_response(msg, unique_id, raw_msg)
         else:
-            await self._reject_frame(unique_id, f"unknown MessageTypeId {type_id!r} (2 CALL, 3 CALLRESULT, 4 CALLERROR)", raw_msg)
+            await self._reject_frame(unique_id, f"unknown MessageTypeId {printable(type_id, 20)} (2 CALL, 3 CALLRESULT, 4 CALLERROR)", raw_msg)
 
-    async def _reject_frame(self, unique_id: str | None, cause: str, raw_msg: str) -> None:
+    async def _reject_frame(self, unique_id: str | None, cause: str, raw_msg: str,
+                            error: type[OCPPError] = FormationViolationError) -> None:
         if unique_id is None:
-            _LOGGER.warning("%s: dropped a malformed frame without a usable message id (%s): %s", self.id, cause, _short(raw_msg))
+            self._warn("%s: dropped a malformed frame without a usable message id (%s): %s", self.id, cause, _short(raw_msg))
             return
-        _LOGGER.warning("%s: answered a malformed frame with FormationViolation (%s): %s", self.id, cause, _short(raw_msg))
-        await self._send_error(unique_id, FormationViolationError(details={"cause": cause}))
+        answer = error(details={"cause": cause})
+        self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, _WIRE_CODES.get(answer.code, answer.code), cause, _short(raw_msg))
+        await self._send_error(unique_id, answer)
 
     def _route_response(self, msg: list[Any], unique_id: str | None, raw_msg: str) -> None:
         if not self._call_lock.locked():
-            _LOGGER.warning("%s: dropped a response to no outstanding request: %s", self.id, _short(raw_msg))
+            self._warn("%s: dropped a response to no outstanding request: %s", self.id, _short(raw_msg))
             return
         if msg[0] == 3 and len(msg) == 3 and unique_id and isinstance(msg[2], dict):
             self._response_queue.put_nowait(CallResult(unique_id, msg[2]))
@@ -227,7 +309,7 @@ class ChargePoint(_OcppChargePoint):
             details = msg[4] if len(msg) == 5 and isinstance(msg[4], dict) else {}
             self._response_queue.put_nowait(CallError(unique_id, msg[2], str(msg[3]), details))
         else:
-            _LOGGER.warning("%s: dropped a malformed response: %s", self.id, _short(raw_msg))
+            self._warn("%s: dropped a malformed response: %s", self.id, _short(raw_msg))
 
     async def _handle_call(self, msg: Call) -> None:
         handlers = self.route_map.get(msg.action)
@@ -239,7 +321,7 @@ class ChargePoint(_OcppChargePoint):
             else:
                 error = OcppNotImplemented(
                     "Requested Action is not known by receiver", details={"cause": f"{msg.action} is not an OCPP 1.6 action"})
-            _LOGGER.warning("%s: answered %s with %s", self.id, _short(msg.action), _WIRE_CODES.get(error.code, error.code))
+            self._warn("%s: answered %s with %s", self.id, _short(msg.action), _WIRE_CODES.get(error.code, error.code))
             await self._send_error(msg.unique_id, error)
             return
         try:
@@ -248,11 +330,18 @@ class ChargePoint(_OcppChargePoint):
             cause = (err.details or {}).get("cause", err.description)
             fixed = normalize_call(msg.action, msg.payload) if self.lenient else None
             if fixed is None:
-                _LOGGER.warning("%s: %s rejected with %s: %s", self.id, msg.action, _WIRE_CODES.get(err.code, err.code), cause)
+                self._warn("%s: %s rejected with %s: %s", self.id, msg.action, _WIRE_CODES.get(err.code, err.code), _short(cause))
                 await self._send_error(msg.unique_id, err)
                 return
-            _LOGGER.info("%s: accepted a non-compliant %s (lenient mode): %s", self.id, msg.action, cause)
+            _LOGGER.info("%s: accepted a non-compliant %s (lenient mode): %s", self.id, msg.action, _short(cause))
             msg.payload = fixed
+        connector_id = msg.payload.get("connectorId")
+        if isinstance(connector_id, int) and connector_id > self._max_connectors:
+            # Every connector id becomes entities and state keys: a charger inventing thousands must not.
+            self._warn("%s: %s for connector %d rejected: above ocpp.max_connectors (%d)", self.id, msg.action, connector_id, self._max_connectors)
+            await self._send_error(msg.unique_id, PropertyConstraintViolationError(
+                details={"cause": f"connectorId {connector_id} is above this central system's limit of {self._max_connectors}"}))
+            return
         if msg.action == Action.meter_values:
             # Hot path: nested keys of sampled values are single words, equal in both casings;
             # state.parse_meter_values reads 'sampledValue' as it is.

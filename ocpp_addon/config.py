@@ -20,9 +20,8 @@ import yaml
 
 from .auth import check_stored
 from .state import MEASURANDS
+from .topics import CHARGER_ID_PATTERN, CHARGER_ID_RE, is_charger_id  # noqa: F401 - re-exported
 
-CHARGER_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
-CHARGER_ID_RE = re.compile(rf"^{CHARGER_ID_PATTERN}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 UNITS = ("A", "W")
 PURPOSES = ("TxDefaultProfile", "ChargePointMaxProfile", "TxProfile")
@@ -62,16 +61,31 @@ def _finite(value: Any) -> float:
 
 def _charger_id(value: Any) -> str:
     text = vol.Coerce(str)(value)
-    if not CHARGER_ID_RE.match(text):
+    if not is_charger_id(text):
         raise vol.Invalid(f"expected a charge point id matching {CHARGER_ID_PATTERN}")
     return text
 
 
 def _optional_text(value: Any) -> str | None:
-    """Paths and secrets: an empty string (as the add-on UI stores an unset field) means unset."""
+    """Paths and secrets: an empty string (as the add-on UI stores an unset field) means unset.
+
+    Only text and numbers: a YAML list or mapping (``password: []``) or a bare ``yes`` would
+    otherwise become the literal text ``[]`` or ``True``."""
     if value is None or value == "":
         return None
-    return vol.Coerce(str)(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise vol.Invalid(f"expected text, got a {_yaml_kind(value)} (quote the value if it is meant as text)")
+    return str(value)
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
 
 
 def _stored_password(value: Any) -> str | None:
@@ -101,7 +115,7 @@ def _password_map(value: Any) -> dict[str, str]:
         raise vol.Invalid("expected a mapping of charge point id to password")
     result: dict[str, str] = {}
     for charger_id, password in pairs:
-        if not isinstance(charger_id, str) or not CHARGER_ID_RE.match(charger_id):
+        if not is_charger_id(charger_id):
             raise vol.Invalid(f"{str(charger_id)[:70]!r} is not a charge point id matching {CHARGER_ID_PATTERN}")
         stored = _stored_password(password)
         if stored is None:
@@ -155,6 +169,13 @@ SCHEMA = vol.Schema(
             vol.Optional("open_timeout", default=10): POSITIVE_SECONDS,
             # Open charger connections (and handshakes) beyond this are refused with HTTP 503.
             vol.Optional("max_connections", default=10000): vol.All(vol.Coerce(int), vol.Range(min=1, max=100000)),
+            # Connector ids above this are refused (PropertyConstraintViolation): each one costs entities.
+            vol.Optional("max_connectors", default=8): vol.All(vol.Coerce(int), vol.Range(min=1, max=100)),
+            # Frames per second one charger may send (after a burst of message_burst); faster ones are read
+            # more slowly, and a charger held back for flood_disconnect_after seconds is disconnected.
+            vol.Optional("max_message_rate", default=20): vol.All(_finite, vol.Range(min=1, max=100000)),
+            vol.Optional("message_burst", default=200): vol.All(vol.Coerce(int), vol.Range(min=1, max=1000000)),
+            vol.Optional("flood_disconnect_after", default=30): POSITIVE_SECONDS,
             # With allow_unknown_chargers false, only these ids (and ids with a password) may connect.
             vol.Optional("allow_unknown_chargers", default=True): vol.Boolean(),
             vol.Optional("chargers", default=[]): vol.Any(None, [_charger_id]),
@@ -168,8 +189,8 @@ SCHEMA = vol.Schema(
         vol.Optional("mqtt", default={}): {
             vol.Optional("host", default="localhost"): vol.Coerce(str),
             vol.Optional("port", default=1883): PORT,
-            vol.Optional("username", default=None): vol.Any(None, vol.Coerce(str)),
-            vol.Optional("password", default=None): vol.Any(None, vol.Coerce(str)),
+            vol.Optional("username", default=None): _optional_text,
+            vol.Optional("password", default=None): _optional_text,
             vol.Optional("client_id", default="ocpp-addon"): vol.All(vol.Coerce(str), vol.Length(min=1, max=64)),
             vol.Optional("base_topic", default="ocpp"): _topic_level,
             vol.Optional("discovery", default=True): vol.Boolean(),

@@ -17,8 +17,9 @@ import random
 import re
 from typing import Any, Mapping
 
-from . import __version__
-from .config import CHARGER_ID_RE, bridge_topic
+from . import __version__, strict_json
+from .config import bridge_topic
+from .topics import is_charger_id, printable
 from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, SENSORS, EntityDescription, connector_entity
 
 _BY_KEY = {d.key: d for d in SENSORS}
@@ -27,7 +28,7 @@ DYNAMIC_KEYS = frozenset(d.key for d in SENSORS if d.dynamic)
 from .hub import CONNECTED, DISCONNECTED, FINAL_REFUSALS, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
 from .profiles import SetpointError, convert_limit
-from .state import ChargerState, utc_now_iso
+from .state import ChargerState, parse_number, utc_now_iso
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -159,6 +160,12 @@ def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
     ):
         components[key] = {"platform": "sensor", "unique_id": f"{ident}_{key}", "default_entity_id": f"sensor.{ident}_{key}",
                            "name": name, "value_template": "{{ value_json.%s }}" % key, "qos": 1, **extra}
+    # On while the bridge cannot do its job fully (e.g. the state file cannot be written); the reason is an attribute.
+    components["problem"] = {"platform": "binary_sensor", "unique_id": f"{ident}_problem", "default_entity_id": f"binary_sensor.{ident}_problem",
+                             "name": "Problem", "device_class": "problem", "entity_category": "diagnostic", "qos": 1,
+                             "value_template": "{{ 'ON' if value_json.problem else 'OFF' }}",
+                             "json_attributes_topic": bridge_topic(config, "info"),
+                             "json_attributes_template": "{{ {'reason': value_json.problem} | tojson }}"}
     return {
         "device": {"identifiers": [ident], "name": f"OCPP bridge {instance}" if instance else "OCPP bridge",
                    "manufacturer": "ocpp_addon", "model": "OCPP 1.6J central system", "sw_version": __version__},
@@ -205,30 +212,25 @@ def parse_limit_payload(payload: bytes, default_unit: str) -> tuple[float, str]:
     if not text:
         raise SetpointError("payload is empty; send a number such as 16 or {\"limit\": 16, \"unit\": \"A\"}")
     unit = default_unit
-    try:
-        value: Any = float(text)
-    except ValueError:
+    value = parse_number(text)
+    if value is None:
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_no_constant)
         except (ValueError, RecursionError):
-            raise SetpointError(f"{text[:40]!r} is not a number; send e.g. 16 or {{\"limit\": 16, \"unit\": \"A\"}}") from None
+            raise SetpointError(f"{printable(text, 40)!r} is not a number; send e.g. 16 or {{\"limit\": 16, \"unit\": \"A\"}}") from None
         if not isinstance(data, dict) or "limit" not in data:
-            raise SetpointError(f"{text[:40]!r}: expected a number or a JSON object with a 'limit' key")
-        value = data["limit"]
-        unit = data.get("unit", default_unit)
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise SetpointError(f"limit {value[:20]!r} is not a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SetpointError(f"limit {value!r} is not a number")
+            raise SetpointError(f"{printable(text, 40)!r}: expected a number or a JSON object with a 'limit' key")
+        raw, unit = data["limit"], data.get("unit", default_unit)
+        value = parse_number(raw) if isinstance(raw, (str, int, float)) else None
+        if value is None:
+            raise SetpointError(f"limit {printable(raw, 20)!r} is not a plain finite number")
         if not isinstance(unit, str) or unit not in ("A", "W"):
-            raise SetpointError(f"unit {unit!r} is not allowed; use 'A' or 'W'")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SetpointError(f"{text[:40]!r} is not a finite number")
+            raise SetpointError(f"unit {printable(unit, 20)!r} is not allowed; use 'A' or 'W'")
     return value, unit
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
 
 
 class HomeAssistantSink:
@@ -334,35 +336,39 @@ class HomeAssistantSink:
         for cid in dirty:
             state = self.hub.states.get(cid)
             if state is not None:
-                self.mqtt.publish(f"{self.base}/{cid}/state", json.dumps(state_payload(state, self.config)), retain=True)
+                self.mqtt.publish(f"{self.base}/{cid}/state", strict_json.dumps(state_payload(state, self.config)), retain=True)
 
     def _publish_discovery(self, state: ChargerState, force: bool = False) -> None:
         if not self.discovery_enabled:
             return
         discovery = device_discovery(state, self.config)
         self._announced[state.id] = frozenset(discovery["components"])
-        payload = json.dumps(discovery)
+        payload = strict_json.dumps(discovery)
         digest = hashlib.blake2b(payload.encode(), digest_size=16).digest()  # 16 bytes, not ~10 kB, per charger
         if force or self._published_discovery.get(state.id) != digest:
             self._published_discovery[state.id] = digest
             self.mqtt.publish(discovery_topic(self.prefix, state.id), payload, retain=True, qos=1)
 
     def _publish_event(self, charger_id: str, data: dict[str, Any]) -> None:
-        if not CHARGER_ID_RE.match(charger_id):
+        if not is_charger_id(charger_id):
             return
-        self.mqtt.publish(f"{self.base}/{charger_id}/event", json.dumps({**data, "timestamp": utc_now_iso()}), qos=1)
+        self.mqtt.publish(f"{self.base}/{charger_id}/event", strict_json.dumps({**data, "timestamp": utc_now_iso()}, default=str), qos=1)
 
     def _schedule_bridge_info(self) -> None:
         """At most one bridge/info per second: it lists every charger, and reconnect storms come in thousands."""
         if self._bridge_info_handle is None:
             self._bridge_info_handle = asyncio.get_running_loop().call_later(BRIDGE_INFO_DELAY, self._publish_bridge_info)
 
+    def problem_changed(self, problem: str | None) -> None:
+        """The store (or another part) reports a problem, or that it is gone: tell Home Assistant now."""
+        self._publish_bridge_info()
+
     def _publish_bridge_info(self) -> None:
         if self._bridge_info_handle is not None:
             self._bridge_info_handle.cancel()
             self._bridge_info_handle = None
         info = {"version": __version__, "instance_id": self.instance, "connected_chargers": len(self.hub.connected),
-                "chargers": sorted(self.hub.states)}
+                "chargers": sorted(self.hub.states), "problem": self.hub.store.problem}
         self.mqtt.publish(bridge_topic(self.config, "info"), json.dumps(info), retain=True, qos=1)
 
     def publish_all(self) -> None:
@@ -388,30 +394,33 @@ class HomeAssistantSink:
         _LOGGER.info("Home Assistant came online; re-publishing discovery and state in %.1f s", delay)
         self._birth_handle = asyncio.get_running_loop().call_later(delay, self.publish_all)
 
-    def _on_command(self, topic: str, payload: bytes) -> None:
+    def _on_command(self, topic: str, payload: bytes) -> Any:
         cid, command, verb = topic[len(self.base) + 1 :].split("/")  # <base>/<cp>/<command>/set|clear
-        if not CHARGER_ID_RE.match(cid):
+        if not is_charger_id(cid):
             _LOGGER.warning("ignored command on %r: not a valid charge point id", topic)
             return
         if verb == "clear":
             command = "clear_limit"
-        if not payload and cid not in self.hub.states:
-            _LOGGER.debug("%s: retained %s cleared", cid, command)  # the broker deleting a removed charger's setpoint
-            return
+        if not payload.strip():
+            # An empty retained message is how MQTT deletes one: it must never unlock or reset anything.
+            if cid in self.hub.states:
+                _LOGGER.info("%s: ignored an empty %s payload; commands need an explicit payload (see the README's topic table)", cid, command)
+            return None
         handler = self._COMMANDS.get(command)
         if handler is None:
             _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
             self.hub.result(cid, command=command, status="UnknownCommand", reason=f"no command {command!r}; see the README's topic table")
             return
         try:
-            handler(self, cid, payload)
+            return handler(self, cid, payload)  # the store's write of a setpoint: acknowledged once done
         except SetpointError as err:
             _LOGGER.warning("%s: %s refused: %s", cid, command, err)
             self.hub.result(cid, command=command, status="Invalid", reason=str(err))
+        return None
 
-    def _charging_limit(self, cid: str, payload: bytes) -> None:
+    def _charging_limit(self, cid: str, payload: bytes) -> Any:
         limit, unit = parse_limit_payload(payload, self.config["charging"]["unit"])
-        self.hub.set_charging_limit(cid, limit, unit, source="mqtt")
+        return self.hub.set_charging_limit(cid, limit, unit, source="mqtt")
 
     def _charging_schedule(self, cid: str, payload: bytes) -> None:
         entries = _json_payload(payload)
@@ -432,15 +441,15 @@ class HomeAssistantSink:
         self.hub.run_command(cid, "change_availability", operative=parse_switch(payload))
 
     def _reset(self, cid: str, payload: bytes) -> None:
-        kind = payload.decode("utf-8", "replace").strip().capitalize() or "Soft"
+        kind = payload.decode("utf-8", "replace").strip().capitalize()
         if kind not in ("Soft", "Hard"):
-            raise SetpointError(f"reset type {kind[:20]!r} is not allowed; use Soft or Hard")
+            raise SetpointError(f"reset type {printable(kind, 20)!r} is not allowed; use Soft or Hard")
         self.hub.run_command(cid, "reset", kind=kind)
 
     def _unlock(self, cid: str, payload: bytes) -> None:
-        text = payload.decode("utf-8", "replace").strip() or "1"
-        if not text.isdigit() or not 1 <= int(text) <= 100:
-            raise SetpointError(f"connector {text[:20]!r} is not a connector number (1, 2, ...)")
+        text = payload.decode("utf-8", "replace").strip()
+        if not re.fullmatch(r"[0-9]{1,3}", text, re.ASCII) or not 1 <= int(text) <= self.config["ocpp"]["max_connectors"]:
+            raise SetpointError(f"connector {printable(text, 20)!r} is not a connector number (1 to {self.config['ocpp']['max_connectors']})")
         self.hub.run_command(cid, "unlock_connector", connector_id=int(text))
 
     def _refresh(self, cid: str, payload: bytes) -> None:

@@ -111,10 +111,17 @@ class Hub:
             return  # replaced by a newer connection: that one owns the state now
         del self.connected[cp.id]
         cp.state.connected = False
-        for task in (self._limit_workers.pop(cp.id, None), self._background.pop(cp.id, None)):
+        worker = self._limit_workers.pop(cp.id, None)
+        interrupted = worker is not None and not worker.done()
+        for task in (worker, self._background.pop(cp.id, None)):
             if task is not None:
                 task.cancel()
         self.emit(Event(DISCONNECTED, cp.id, cp.state))
+        s = cp.state
+        if interrupted and s.requested_limit is not None:
+            # Every command ends with an event: this one is kept and goes out when the charger is back.
+            self.result(cp.id, command="charging_limit", status="Queued", limit=s.requested_limit, unit=s.requested_unit,
+                        reason="the charger went offline before it answered; sent when it connects")
 
     def charger_booted(self, cp: ChargePoint) -> None:
         s = cp.state
@@ -188,29 +195,33 @@ class Hub:
     def result(self, charger_id: str, **data: Any) -> None:
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=data))
 
-    def set_charging_limit(self, charger_id: str, limit: float, unit: str | None = None, source: str = "mqtt") -> None:
-        """Request a charging limit; the outcome arrives as a RESULT event (and UPDATED on Accepted)."""
+    def set_charging_limit(self, charger_id: str, limit: float, unit: str | None = None,
+                           source: str = "mqtt") -> asyncio.Future[bool] | None:
+        """Request a charging limit; the outcome arrives as a RESULT event (and UPDATED on Accepted).
+
+        Returns the write of the new setpoint to disk (None when nothing was kept): the MQTT
+        message that asked for it is acknowledged once that is done."""
         unit = unit or self.config["charging"]["unit"]
         state = self.states.get(charger_id)
         if state is None:
             _LOGGER.warning("%s: charging limit %g %s refused: unknown charger", charger_id, limit, unit)
             self.result(charger_id, command="charging_limit", status="UnknownCharger", limit=limit, unit=unit, source=source,
                         reason="no charger with this id has ever connected")
-            return
+            return None
         try:
             check_limit(limit, unit, self.config["charging"])
         except SetpointError as err:
             _LOGGER.warning("%s: charging limit refused: %s", charger_id, err)
             self.result(charger_id, command="charging_limit", status="Invalid", limit=limit, unit=unit, source=source, reason=str(err))
-            return
+            return None
         state.requested_limit, state.requested_unit = limit, unit
-        self.store.update_charger(charger_id, urgent=True, requested_limit=limit, requested_unit=unit)
+        durable = self.store.update_charger(charger_id, urgent=True, requested_limit=limit, requested_unit=unit)
         cp = self.connected.get(charger_id)
         if cp is None or not cp.ready.is_set():
             _LOGGER.info("%s: charger offline; keeping charging limit %g %s until it connects", charger_id, limit, unit)
             self.result(charger_id, command="charging_limit", status="Queued", limit=limit, unit=unit, source=source,
                         reason="charger offline; sent when it connects")
-            return
+            return durable
         delay = self.config["charging"]["debounce"]
         loop = asyncio.get_running_loop()
         handle = self._debounce.pop(charger_id, None)
@@ -220,11 +231,12 @@ class Hub:
             self._start_limit_worker(cp)
             if delay > 0:
                 self._debounce[charger_id] = loop.call_later(delay, self._debounced, charger_id, False)
-            return
+            return durable
         # Inside the window (a slider drag): the newest value wins once the drag has been quiet
         # for `debounce` seconds, because every profile write wears the charger's flash.
         handle.cancel()
         self._debounce[charger_id] = loop.call_later(delay, self._debounced, charger_id, True)
+        return durable
 
     def _debounced(self, charger_id: str, send: bool) -> None:
         self._debounce.pop(charger_id, None)

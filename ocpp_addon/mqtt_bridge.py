@@ -16,6 +16,14 @@ Faults, and what covers them:
 * a command published while we are away: with ``mqtt.persistent_session`` (the
   default) the broker keeps our subscriptions and queues QoS 1 commands (Home
   Assistant publishes with the discovery's ``qos: 1``) until we are back;
+* a setpoint acknowledged and then lost to ``kill -9``: messages are acknowledged
+  by hand (paho's ``manual_ack``). A callback may return an awaitable (the
+  store's write of the new setpoint); the PUBACK goes out only once it is done,
+  so until the setpoint is on disk the broker keeps the message for our
+  persistent session and delivers it again after a restart;
+* a topic built from untrusted data that the broker would refuse (it drops the
+  whole connection for one bad topic): every topic is checked by
+  :func:`.topics.publish_topic_problem` here, refused with one log line;
 * TLS (``mqtt.ssl`` or ``ca_certs``/``certfile``): TLS 1.2+, the broker's
   certificate and host name checked unless ``tls_insecure``. The password is
   handed to paho only, which never logs it.
@@ -28,16 +36,18 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import bridge_topic
+from .topics import printable, publish_topic_problem
 
 _LOGGER = logging.getLogger(__name__)
 
-MessageCallback = Callable[[str, bytes], None]
+# A callback may return an awaitable: the message is acknowledged once it completes (see above).
+MessageCallback = Callable[[str, bytes], "Awaitable[Any] | None"]
 RETRY_LOG_INTERVAL = 60.0
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 10
@@ -74,8 +84,10 @@ class MqttBridge:
         self._lost_at: float | None = None
         self._up = False  # paho thread: the current connection got a CONNACK
         self.dropped = 0  # publishes dropped while disconnected (re-published on connect)
+        self.refused_topics = 0
+        self._generation = 0  # paho thread: counts connections, so an ack never goes to a later one
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg["client_id"],
-                             clean_session=not cfg.get("persistent_session", False))
+                             clean_session=not cfg.get("persistent_session", False), manual_ack=True)
         if cfg["username"]:
             client.username_pw_set(cfg["username"], cfg["password"])
         context = tls_context(cfg)
@@ -99,6 +111,8 @@ class MqttBridge:
         self._connect_callbacks.append(callback)
 
     def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1) -> None:
+        if self._refused(topic, wildcards=True):
+            return
         self._subscriptions[topic] = (qos, callback)
         # paho's state, not ours: between its CONNACK and our on-connect callbacks a new
         # subscription would otherwise be in neither the restored set nor sent.
@@ -115,10 +129,20 @@ class MqttBridge:
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 0) -> None:
         """Publish now, or drop it while disconnected: every (re)connect re-publishes the whole state."""
+        if self._refused(topic):
+            return
         if not self.client.is_connected():
             self.dropped += 1
             return
         self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _refused(self, topic: str, wildcards: bool = False) -> bool:
+        problem = publish_topic_problem(topic, wildcards)
+        if problem is None:
+            return False
+        self.refused_topics += 1
+        _LOGGER.error("refused to use MQTT topic %s (%s): the broker would drop the connection for it", printable(topic, 120), problem)
+        return True
 
     async def start(self) -> None:
         self._loop = self._loop or asyncio.get_running_loop()
@@ -143,6 +167,7 @@ class MqttBridge:
                 _LOGGER.error("MQTT broker %s:%d refused the connection: %s; retrying in the background", self.host, self.port, reason_code)
             return
         self._up = True
+        self._generation += 1
         for topic in list(self._stale):
             self._stale.discard(topic)
             if topic not in self._subscriptions:
@@ -191,20 +216,50 @@ class MqttBridge:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
+        ack = _Ack(client, message.mid, message.qos, self._generation, self)
         try:
             topic = message.topic
         except UnicodeDecodeError:
             _LOGGER.warning("ignored an MQTT message whose topic is not UTF-8")
+            ack()
             return
-        self._loop.call_soon_threadsafe(self._dispatch, topic, message.payload)
+        self._loop.call_soon_threadsafe(self._dispatch, topic, message.payload, ack)
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _dispatch(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None) -> None:
+        pending: list[Awaitable[Any]] = []
         for pattern, (_, callback) in list(self._subscriptions.items()):
             if mqtt.topic_matches_sub(pattern, topic):
                 try:
-                    callback(topic, payload)
+                    durable = callback(topic, payload)
                 except Exception:
-                    _LOGGER.exception("handling MQTT message on %s failed", topic)
+                    _LOGGER.exception("handling MQTT message on %s failed", printable(topic, 120))
+                    continue
+                if durable is not None:
+                    pending.append(durable)
+        if not pending:
+            ack()
+            return
+        # Acknowledged when what the message asked for is safe (on disk), failed or not: an
+        # unacknowledged message holds one of the broker's in-flight slots for us until we reconnect.
+        asyncio.ensure_future(asyncio.gather(*pending, return_exceptions=True)).add_done_callback(lambda _: ack())
+
+
+class _Ack:
+    """Sends the PUBACK (QoS 1) or PUBCOMP (QoS 2) of one received message, once, on the
+    connection that received it: after a reconnect the broker sends the message again itself."""
+
+    __slots__ = ("client", "mid", "qos", "generation", "bridge", "done")
+
+    def __init__(self, client: mqtt.Client, mid: int, qos: int, generation: int, bridge: MqttBridge) -> None:
+        self.client, self.mid, self.qos, self.generation, self.bridge = client, mid, qos, generation, bridge
+        self.done = qos == 0
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.generation == self.bridge._generation and self.client.is_connected():  # noqa: SLF001
+            self.client.ack(self.mid, self.qos)
 
 
 def _wait_published(info: mqtt.MQTTMessageInfo, timeout: float) -> None:

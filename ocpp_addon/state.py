@@ -9,6 +9,7 @@ entity table all read the same values.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -85,17 +86,28 @@ def _convert(value: float, unit: str | None, target: str) -> float | None:
     return value  # %, Hz, rpm, power factor: no unit variants in OCPP 1.6
 
 
+# A plain decimal number, ASCII only: float() would also take '1_9' (19), Arabic-Indic digits, 'nan' and 'inf'.
+_NUMBER_RE = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+
+
 def parse_number(value: Any) -> float | None:
-    """OCPP sends values as strings; real chargers also send numbers and ' 12.3'."""
+    """A finite number from a charger or an MQTT payload, or None.
+
+    OCPP sends values as strings; real chargers also send numbers and ' 12.3'. One
+    parser for every number we accept from outside, so each path refuses the same things.
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        number = float(str(value).strip())
-    except ValueError:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            return None
+        return number if math.isfinite(number) else None
+    if not isinstance(value, str) or len(value) > 100 or not _NUMBER_RE.fullmatch(value):
         return None
-    return number if number == number and number not in (float("inf"), float("-inf")) else None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def parse_timestamp(value: Any) -> datetime | None:

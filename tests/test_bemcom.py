@@ -661,7 +661,7 @@ async def test_a_removed_charger_leaves_the_available_datapoints(service_factory
     await probe.wait_json(AVAILABLE, lambda d: LIMIT_KEY in d["actuator"])
     await sim._connection.close()
     mark = probe.mark()
-    probe.publish("ocpp/wallbox-1/remove/set", "")
+    probe.publish("ocpp/wallbox-1/remove/set", "remove")
     available = await probe.wait_json(AVAILABLE, lambda d: LIMIT_KEY not in d["actuator"], since=mark)
     assert not [k for k in [*available["sensor"], *available["actuator"]] if k.startswith("wallbox-1__")]
 

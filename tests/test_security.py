@@ -127,8 +127,11 @@ async def test_a_verified_pbkdf2_password_is_remembered_not_recomputed(service_f
     monkeypatch.setattr(auth, "verify", counting)
     for _ in range(3):
         assert await handshake_status(service, "cp", basic("cp", "pw")) == 101
-    assert await handshake_status(service, "cp", basic("cp", "nope")) == 401
-    assert calls == [b"pw"]  # one PBKDF2 for the first success; reconnects and a wrong guess cost a fast digest
+    for _ in range(3):
+        assert await handshake_status(service, "cp", basic("cp", "nope")) == 401
+    # One PBKDF2 for the first success, reconnects cost a fast digest; a wrong guess costs one PBKDF2
+    # (as long as for an unknown id: equal work), and repeating it costs nothing more.
+    assert calls == [b"pw", b"nope"]
     assert "cp" in service.app.central_system.auth._verified
 
 

@@ -210,7 +210,7 @@ async def test_clear_limit_removes_our_profile(service: Service, probe: MqttProb
     probe.publish(LIMIT_SET, "10")
     await _accepted(probe)
     installed = _profile(sim.calls("SetChargingProfile")[0])["chargingProfileId"]
-    probe.publish("ocpp/wallbox-1/charging_limit/clear", "")
+    probe.publish("ocpp/wallbox-1/charging_limit/clear", "clear")
     event = await probe.wait_json(EVENT, lambda d: d["command"] == "clear_charging_limit")
     assert event["status"] == "Accepted"
     assert (await sim.wait_for_call("ClearChargingProfile"))["id"] == installed

@@ -173,7 +173,7 @@ async def test_remove_clears_discovery(service: Service, probe: MqttProbe) -> No
     await sim._connection.close()
     await service.wait_event(DISCONNECTED, "wallbox-1")
     mark = probe.mark()
-    probe.publish("ocpp/wallbox-1/remove/set", "")
+    probe.publish("ocpp/wallbox-1/remove/set", "remove")
     assert await probe.wait_for(DISCOVERY, lambda p: p == b"", since=mark) == b""
     assert "wallbox-1" not in service.app.store.chargers
 
