@@ -35,8 +35,10 @@ class App:
         self.hub = Hub(config, self.store)
         self.broker: EmbeddedBroker | None = None
         self.mqtt = MqttBridge(config)
-        self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
-        self.hub.add_sink(self.homeassistant)
+        self.homeassistant: HomeAssistantSink | None = None
+        if config["mqtt"]["ocpp_topics"]:
+            self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
+            self.hub.add_sink(self.homeassistant)
         self.bemcom: BemcomSink | None = None
         if config["bemcom"]["enabled"]:
             self.bemcom = BemcomSink(config, self.hub, self.mqtt)
@@ -46,6 +48,9 @@ class App:
 
     async def start(self) -> None:
         mqtt_cfg = self.config["mqtt"]
+        # The OCPP port first: a second copy of the service (same client id) fails here,
+        # before its MQTT connection could take over the running one's session.
+        await self.central_system.start()
         if (
             mqtt_cfg["embedded_broker"]
             and mqtt_cfg["host"] in ("localhost", "127.0.0.1")
@@ -57,11 +62,11 @@ class App:
                 self.broker = broker
             except BrokerError as err:
                 _LOGGER.error("%s", err)
-        self.homeassistant.start()
+        if self.homeassistant is not None:
+            self.homeassistant.start()
         if self.bemcom is not None:
             self.bemcom.start()
         await self.mqtt.start()
-        await self.central_system.start()
         ocpp = self.config["ocpp"]
         _LOGGER.info(
             "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, base topic '%s'",
@@ -74,7 +79,7 @@ class App:
         connected = list(self.hub.connected)
         await self.central_system.close()
         await self.hub.close()
-        for charger_id in connected:  # no stale 'online' for chargers we just dropped
+        for charger_id in connected if self.homeassistant is not None else ():  # no stale 'online' for chargers we just dropped
             self.mqtt.publish(f"{self.config['mqtt']['base_topic']}/{charger_id}/availability", "offline", retain=True, qos=1)
         await self.store.close()
         if self.bemcom is not None:

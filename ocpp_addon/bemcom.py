@@ -158,6 +158,15 @@ def result_message(data: Mapping[str, Any]) -> dict[str, Any]:
     return {action: {k: v for k, v in fields.items() if v is not None}}
 
 
+def datapoint_value(value: Any) -> Any:
+    """A value the BEMcom API can store: it saves ``float(value)`` when that works, else the value as
+    text, and ``float()`` of a list raises a TypeError it does not catch. So lists (a composite
+    schedule's periods) travel as their JSON text."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return value
+
+
 def state_message(state: ChargerState) -> dict[str, Any]:
     """Our normalised values (the Home Assistant state JSON's keys) under ``state``."""
     values = {k: v for k, v in state.values().items() if v is not None}
@@ -244,18 +253,23 @@ class PlanItem:
     value: float | None  # schedule: value; setpoint: preferred_value
     minimum: float | None = None
     maximum: float | None = None
-    acceptable: tuple[float, ...] = ()
+    acceptable: tuple[float, ...] | None = None
+    # BEMcom's controller tells flexibility by the keys, not their values: "acceptable_values"
+    # present (even null: any value) is discrete, "min_value" and "max_value" both present
+    # (even null: no bound) continuous.
+    discrete: bool = False
+    continuous: bool = False
 
     def active(self, moment: int) -> bool:
         return (self.start is None or self.start <= moment) and (self.end is None or moment < self.end)
 
-    def accepts(self, value: float) -> bool:
-        """A setpoint's flexibility: acceptable_values, else min/max; none means the preferred value only."""
-        if self.acceptable:
-            return any(math.isclose(value, a) for a in self.acceptable)
-        if self.minimum is None and self.maximum is None:
-            return False
-        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+    def lets_schedule_through(self, sensor: float | None) -> bool:
+        """BEMcom controller's test of a setpoint against its sensor's last value (None: none received yet)."""
+        if self.discrete:
+            return self.acceptable is None or sensor is None or any(math.isclose(sensor, a) for a in self.acceptable)
+        if self.continuous:
+            return sensor is None or ((self.minimum is None or sensor >= self.minimum) and (self.maximum is None or sensor <= self.maximum))
+        return False  # no flexibility: the preferred value
 
 
 def _timestamp(item: Mapping[str, Any], key: str) -> int | None:
@@ -295,14 +309,18 @@ def parse_plan(kind: str, payload: bytes) -> list[PlanItem] | None:
     value_key = "preferred_value" if kind == "setpoint" else "value"
     plan = []
     for item in items:
-        acceptable = item.get("acceptable_values") or []
-        if not isinstance(acceptable, list):
-            raise BemcomError(f"acceptable_values {acceptable!r} is not a list")
-        numbers = tuple(parse_number(a) for a in acceptable)
-        if None in numbers:
-            raise BemcomError(f"acceptable_values {acceptable!r} are not all numbers")
+        acceptable = item.get("acceptable_values")
+        numbers: tuple[float, ...] | None = None
+        if acceptable is not None:
+            if not isinstance(acceptable, list):
+                raise BemcomError(f"acceptable_values {acceptable!r} is not a list")
+            parsed = tuple(parse_number(a) for a in acceptable)
+            if None in parsed:
+                raise BemcomError(f"acceptable_values {acceptable!r} are not all numbers")
+            numbers = parsed  # type: ignore[assignment]
         plan.append(PlanItem(_timestamp(item, "from_timestamp"), _timestamp(item, "to_timestamp"), _number(item, value_key),
-                             _number(item, "min_value"), _number(item, "max_value"), numbers))  # type: ignore[arg-type]
+                             _number(item, "min_value"), _number(item, "max_value"), numbers,
+                             discrete="acceptable_values" in item, continuous="min_value" in item and "max_value" in item))
     return plan
 
 
@@ -310,16 +328,22 @@ def _first_active(items: Sequence[PlanItem] | None, moment: int) -> PlanItem | N
     return next((i for i in items or () if i.active(moment)), None)
 
 
-def controller_value(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, moment: int) -> float | None:
-    """BEMcom's controller rule at ``moment``: the schedule value while the setpoint accepts it, else preferred_value.
+def controller_value(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, moment: int,
+                     sensor: float | None = None) -> float | None:
+    """BEMcom's controller rule (services/controllers/python, ``update_actuator_value``) at ``moment``.
 
-    Schedule only: its value. Setpoint only: preferred_value. None: nothing to
-    send (the actuator keeps its last value, as with BEMcom's controllers).
+    Schedule only: its value. Setpoint only: preferred_value. Both: the schedule's
+    value while the setpoint's flexibility lets it through, judged on the control
+    group's sensor value, else preferred_value; a setpoint without flexibility
+    always wins. We have no sensor datapoint (None), which BEMcom's controller
+    treats as "no sensor value yet": any flexibility lets the schedule through.
+    None: nothing to send (the actuator keeps its last value).
     """
     point, scheduled = _first_active(setpoint, moment), _first_active(schedule, moment)
-    value = scheduled.value if scheduled else None
-    if point is None or (value is not None and point.accepts(value)):
-        return value
+    if scheduled is None:
+        return point.value if point is not None else None
+    if point is None or point.lets_schedule_through(sensor):
+        return scheduled.value
     return point.value
 
 
@@ -366,8 +390,9 @@ class MqttLogHandler(logging.Handler):
     dropped, so a failing publish cannot recurse.
     """
 
-    def __init__(self, mqtt: MqttBridge, topic: str, secrets: Sequence[str]) -> None:
-        super().__init__(logging.INFO)
+    def __init__(self, mqtt: MqttBridge, topic: str, secrets: Sequence[str], debug: bool = False) -> None:
+        # With DEBUG=TRUE the template publishes its debug records too; ours, not every library's frame log.
+        super().__init__(logging.DEBUG if debug else logging.INFO)
         self.mqtt = mqtt
         self.topic = topic
         self.secrets = [s for s in secrets if s]
@@ -375,6 +400,8 @@ class MqttLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("paho") or getattr(self._local, "busy", False):
+            return
+        if record.levelno < logging.INFO and not record.name.startswith("ocpp_addon"):
             return
         self._local.busy = True
         try:
@@ -408,6 +435,7 @@ class BemcomSink:
         self.mqtt = mqtt
         self.name: str = bemcom["connector_name"]
         self.legacy: bool = bemcom["legacy_keys"]
+        self.apply_setpoints: bool = bemcom["apply_setpoints"]
         self.commands: tuple[str, ...] = tuple(bemcom["actuators"])
         self.raw_to_db: bool = bemcom["send_raw_message_to_db"]
         self.heartbeat_interval: float = bemcom["heartbeat_interval"]
@@ -425,7 +453,7 @@ class BemcomSink:
         self._last_payload: dict[str, bytes] = {}
         self._plans: dict[str, _Plan] = {}  # by the actuator's /value topic
         self._heartbeat: asyncio.Task[None] | None = None
-        self._log_handler = MqttLogHandler(mqtt, self.topic_logs, _secrets(config))
+        self._log_handler = MqttLogHandler(mqtt, self.topic_logs, _secrets(config), debug=config["log_level"] == "debug")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -505,7 +533,7 @@ class BemcomSink:
     def _sensor_flow(self, charger_id: str, message: Mapping[str, Any], changes_only: bool = False) -> None:
         """Flatten, namespace, learn new keys, publish the mapped ones (the template's run_sensor_flow)."""
         prefix = "" if self.legacy else f"{charger_id}__"
-        flat = {prefix + key: value for key, value in flatten(message).items()}
+        flat = {prefix + key: datapoint_value(value) for key, value in flatten(message).items()}
         if changes_only:
             flat = {key: value for key, value in flat.items() if key not in self._sensors or self._sensors[key][0] != value}
         new_key = not flat.keys() <= self._sensors.keys()
@@ -550,7 +578,7 @@ class BemcomSink:
         wanted: dict[str, str] = {}
         for value_topic, key in actuator.items():
             wanted[value_topic] = "value"
-            if key.endswith(f"{SEND_CHARGING_PROFILE}__") and value_topic.endswith("/value"):
+            if self.apply_setpoints and key.endswith(f"{SEND_CHARGING_PROFILE}__") and value_topic.endswith("/value"):
                 base = value_topic[: -len("value")]
                 wanted[base + "setpoint"] = "setpoint"
                 wanted[base + "schedule"] = "schedule"
@@ -575,9 +603,11 @@ class BemcomSink:
         if kind is None:
             _LOGGER.warning("BEMcom: ignored a message on %s: the datapoint_map maps no actuator there", topic)
             return
-        if self._last_payload.get(topic) == payload:
-            # The same message again: a retained one redelivered after a reconnect or map change.
-            # Executing it twice would e.g. unlock the connector again.
+        # Every live message is executed, as the template does, even the same value twice (a
+        # second TriggerMessage is a second request). Only a retained message that the broker
+        # hands out again on a re-subscription (a reconnect) is the one executed before:
+        # executing it again would e.g. unlock the connector again.
+        if self.mqtt.retained and self._last_payload.get(topic) == payload:
             return
         self._last_payload[topic] = payload
         if kind == "value":

@@ -32,6 +32,8 @@ BEMCOM_COMMANDS = ("execute_send_charging_profile", "execute_trigger_message", "
 DOTENV = ".env"  # read from the working directory, as BEMcom's connector template does
 # Per-unit slider defaults: 6-32 A is the IEC 61851 range, 22 kW a three-phase 32 A wallbox.
 UNIT_DEFAULTS = {"A": {"max": 32.0, "step": 1.0}, "W": {"max": 22000.0, "step": 100.0}}
+DEFAULT_HEARTBEAT = 300  # seconds, the OCPP Heartbeat interval we give chargers
+DROP_IN_HEARTBEAT = 10  # what BEMcom's original OCPP connector answered to every BootNotification
 
 
 class ConfigError(Exception):
@@ -139,7 +141,8 @@ SCHEMA = vol.Schema(
             vol.Optional("host", default="0.0.0.0"): vol.Coerce(str),
             vol.Optional("port", default=9000): PORT,
             vol.Optional("path_prefix", default=""): _path_prefix,
-            vol.Optional("heartbeat_interval", default=300): vol.All(vol.Coerce(int), vol.Range(min=10, max=86400)),
+            # None: 300 s, or the original BEMcom connector's 10 s in drop-in mode.
+            vol.Optional("heartbeat_interval", default=None): vol.Any(None, vol.All(vol.Coerce(int), vol.Range(min=10, max=86400))),
             vol.Optional("response_timeout", default=30): POSITIVE_SECONDS,
             vol.Optional("ping_interval", default=20): POSITIVE_SECONDS,
             vol.Optional("ping_timeout", default=20): POSITIVE_SECONDS,
@@ -170,9 +173,13 @@ SCHEMA = vol.Schema(
             vol.Optional("port", default=1883): PORT,
             vol.Optional("username", default=None): vol.Any(None, vol.Coerce(str)),
             vol.Optional("password", default=None): vol.Any(None, vol.Coerce(str)),
-            vol.Optional("client_id", default="ocpp-addon"): vol.All(vol.Coerce(str), vol.Length(min=1, max=64)),
+            # None: derived from the BEMcom connector name and instance_id, so that instances sharing
+            # a broker never take over each other's (persistent) session.
+            vol.Optional("client_id", default=None): vol.Any(None, vol.All(vol.Coerce(str), vol.Length(min=1, max=64))),
             vol.Optional("base_topic", default="ocpp"): _topic_level,
-            vol.Optional("discovery", default=True): vol.Boolean(),
+            # None: on, except in BEMcom drop-in mode, where the broker is BEMcom's.
+            vol.Optional("ocpp_topics", default=None): vol.Any(None, vol.Boolean()),
+            vol.Optional("discovery", default=None): vol.Any(None, vol.Boolean()),
             vol.Optional("discovery_prefix", default="homeassistant"): _topic_level,
             vol.Optional("keepalive", default=60): vol.All(vol.Coerce(int), vol.Range(min=5, max=3600)),
             vol.Optional("ssl", default=False): vol.Boolean(),
@@ -184,7 +191,8 @@ SCHEMA = vol.Schema(
             # Keep our subscriptions and queued QoS 1 commands at the broker while we are away.
             vol.Optional("persistent_session", default=True): vol.Boolean(),
             # Start Debian's mosquitto on localhost when no broker answers (standalone quick start).
-            vol.Optional("embedded_broker", default=True): vol.Boolean(),
+            # None: only when no broker was configured (mqtt.host/port, MQTT_BROKER_HOST/PORT).
+            vol.Optional("embedded_broker", default=None): vol.Any(None, vol.Boolean()),
         },
         vol.Optional("charging", default={}): {
             vol.Optional("unit", default="A"): vol.In(UNITS),
@@ -228,7 +236,14 @@ SCHEMA = vol.Schema(
             vol.Optional("actuators", default=["execute_send_charging_profile"]): [
                 vol.In(BEMCOM_COMMANDS, msg=f"expected one of {', '.join(BEMCOM_COMMANDS)}")
             ],
-            vol.Optional("legacy_keys", default=False): vol.Boolean(),
+            # Started the BEMcom way (environment only, no config file): the original connector's
+            # defaults (see DROP_IN_DEFAULTS); set in a file to get them there too.
+            vol.Optional("drop_in", default=False): vol.Boolean(),
+            # None: the original's keys in drop-in mode, keys per charger (<cp>__...) otherwise.
+            vol.Optional("legacy_keys", default=None): vol.Any(None, vol.Boolean()),
+            # Turn the API's /setpoint and /schedule messages into limits ourselves (BEMcom's
+            # controller's job): opt-in, so that a controller and we never both write.
+            vol.Optional("apply_setpoints", default=False): vol.Boolean(),
             vol.Optional("heartbeat_interval", default=30): POSITIVE_SECONDS,
         },
     }
@@ -307,7 +322,38 @@ def validate(data: Any) -> dict[str, Any]:
     mqtt = config["mqtt"]
     if mqtt["keyfile"] and not mqtt["certfile"]:
         raise ConfigError("mqtt.keyfile: give mqtt.certfile (the client certificate) with it")
+    _resolve_defaults(config, data)
     return config
+
+
+def default_client_id(config: Mapping[str, Any]) -> str:
+    """``ocpp-addon[-<connector name>][-<instance_id>]``: stable across restarts (so a persistent
+    session is found again) and different for each connector or instance on one broker."""
+    parts = ["ocpp-addon"]
+    if config["bemcom"]["enabled"]:
+        parts.append(config["bemcom"]["connector_name"].replace("/", "-"))
+    if config.get("instance_id"):
+        parts.append(config["instance_id"])
+    return "-".join(parts)
+
+
+def _resolve_defaults(config: dict[str, Any], data: Mapping[str, Any]) -> None:
+    """Defaults that depend on other settings (None in the schema)."""
+    bemcom, mqtt, ocpp = config["bemcom"], config["mqtt"], config["ocpp"]
+    drop_in = bemcom["enabled"] and bemcom["drop_in"]
+    if bemcom["legacy_keys"] is None:
+        bemcom["legacy_keys"] = drop_in
+    if ocpp["heartbeat_interval"] is None:
+        ocpp["heartbeat_interval"] = DROP_IN_HEARTBEAT if drop_in else DEFAULT_HEARTBEAT
+    if mqtt["ocpp_topics"] is None:
+        mqtt["ocpp_topics"] = not drop_in
+    if mqtt["discovery"] is None:
+        mqtt["discovery"] = mqtt["ocpp_topics"]
+    if mqtt["embedded_broker"] is None:
+        given = data.get("mqtt") if isinstance(data.get("mqtt"), Mapping) else {}
+        mqtt["embedded_broker"] = "host" not in given and "port" not in given
+    if mqtt["client_id"] is None:
+        mqtt["client_id"] = default_client_id(config)
 
 
 def profile_from_ocpp(value: Any, source: str = "OCPP_PROFILE") -> dict[str, Any]:
@@ -387,6 +433,12 @@ def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str,
         data["bemcom"]["send_raw_message_to_db"] = env["SEND_RAW_MESSAGE_TO_DB"] == "TRUE"
     if "LEGACY_KEYS" in env:  # ours: the original connector's datapoint keys, for existing single-charger mappings
         data["bemcom"]["legacy_keys"] = env["LEGACY_KEYS"] == "TRUE"
+    if "KEYS_PER_CHARGER" in env:  # ours: <cp>__ keys, for several chargers (a migration, see docs/bemcom.md)
+        data["bemcom"]["legacy_keys"] = env["KEYS_PER_CHARGER"] != "TRUE"
+    if "APPLY_SETPOINTS" in env:  # ours: act as BEMcom's controller for the charging limit
+        data["bemcom"]["apply_setpoints"] = env["APPLY_SETPOINTS"] == "TRUE"
+    if "OCPP_TOPICS" in env:  # ours: the ocpp/* topics and Home Assistant discovery beside BEMcom's
+        data["mqtt"]["ocpp_topics"] = data["mqtt"]["discovery"] = env["OCPP_TOPICS"] == "TRUE"
     if "OCPP_PROFILE" in env and env["OCPP_PROFILE"].strip():
         data["charging"]["profile"] = profile_from_ocpp(_json_env(env, "OCPP_PROFILE"))
     if "OCPP_CONFIG" in env and env["OCPP_CONFIG"].strip():
@@ -480,8 +532,10 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     """
     if env is None:
         env = {**read_dotenv(DOTENV, os.environ), **os.environ}
-    data = read_yaml(path) if path else {}
-    return validate(apply_environment(data, env))
+    data = apply_environment(read_yaml(path) if path else {}, env)
+    if not path and "CONNECTOR_NAME" in env:
+        data["bemcom"].setdefault("drop_in", True)  # started the way BEMcom starts its connectors
+    return validate(data)
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:

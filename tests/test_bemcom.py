@@ -231,17 +231,43 @@ def test_a_malformed_datapoint_map_is_refused(payload: bytes) -> None:
 
 
 def test_controller_rule() -> None:
+    """BEMcom's controller (services/controllers/python/source/code/controller.py, update_actuator_value)."""
     schedule = [PlanItem(None, 2000, 16.0), PlanItem(2000, None, 8.0)]
-    flexible = [PlanItem(None, None, 10.0, minimum=6.0, maximum=12.0)]
-    discrete = [PlanItem(None, None, 10.0, acceptable=(8.0, 10.0))]
+    flexible = [PlanItem(None, None, 10.0, minimum=6.0, maximum=12.0, continuous=True)]
+    discrete = [PlanItem(None, None, 10.0, acceptable=(8.0, 10.0), discrete=True)]
     rigid = [PlanItem(None, None, 10.0)]
     assert controller_value(None, schedule, 1000) == 16.0  # schedule only
     assert controller_value(rigid, None, 1000) == 10.0  # setpoint only: preferred_value
-    assert controller_value(flexible, schedule, 1000) == 10.0  # 16 is outside 6..12: preferred
-    assert controller_value(flexible, schedule, 3000) == 8.0  # 8 is acceptable: the schedule's
-    assert controller_value(discrete, schedule, 3000) == 8.0
     assert controller_value(rigid, schedule, 3000) == 10.0  # no flexibility: always preferred
     assert controller_value([PlanItem(5000, None, 4.0)], None, 1000) is None  # not yet valid
+    # Flexibility is judged on the control group's sensor value, not on the schedule's value:
+    assert controller_value(flexible, schedule, 1000, sensor=7.0) == 16.0  # sensor within 6..12: the schedule's
+    assert controller_value(flexible, schedule, 1000, sensor=13.0) == 10.0  # outside: preferred
+    assert controller_value(discrete, schedule, 3000, sensor=8.0) == 8.0
+    assert controller_value(discrete, schedule, 3000, sensor=9.0) == 10.0
+    # no sensor value (ours never has one): any flexibility lets the schedule through
+    assert controller_value(flexible, schedule, 1000) == 16.0
+    assert controller_value(discrete, schedule, 1000) == 16.0
+    # one-sided ranges
+    assert controller_value([PlanItem(None, None, 10.0, maximum=12.0, continuous=True)], schedule, 1000, sensor=5.0) == 16.0
+    assert controller_value([PlanItem(None, None, 10.0, minimum=6.0, continuous=True)], schedule, 1000, sensor=5.0) == 10.0
+
+
+@pytest.mark.parametrize("flexibility", [
+    {"min_value": None, "max_value": None},  # continuous, no bounds
+    {"acceptable_values": None},  # discrete, any value
+])
+def test_flexibility_present_but_null_lets_the_schedule_through(flexibility: dict[str, Any]) -> None:
+    """Issue 13: 5000 (preferred) was sent where BEMcom's controller sends the schedule's 9000."""
+    setpoint = bemcom.parse_plan("setpoint", json.dumps({"setpoint": [
+        {"from_timestamp": None, "to_timestamp": None, "preferred_value": 5000, **flexibility}], "timestamp": 1}).encode())
+    schedule = bemcom.parse_plan("schedule", json.dumps({"schedule": [
+        {"from_timestamp": None, "to_timestamp": None, "value": 9000}], "timestamp": 1}).encode())
+    assert controller_value(setpoint, schedule, 1000, sensor=20000.0) == 9000
+    assert controller_value(setpoint, schedule, 1000) == 9000
+    # only one of min_value/max_value is no continuous flexibility for BEMcom: preferred
+    half = bemcom.parse_plan("setpoint", b'{"setpoint": [{"from_timestamp": null, "to_timestamp": null, "preferred_value": 5000, "min_value": 1}]}')
+    assert controller_value(half, schedule, 1000) == 5000
 
 
 def test_limit_timeline_lists_each_change_and_keeps_the_last_value_through_gaps() -> None:
@@ -254,7 +280,7 @@ def test_limit_timeline_lists_each_change_and_keeps_the_last_value_through_gaps(
 def test_setpoint_and_schedule_messages_are_parsed_strictly() -> None:
     setpoint = json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": 1564489613491, "preferred_value": "19",
                                          "min_value": 6, "max_value": 32}], "timestamp": 1}).encode()
-    assert bemcom.parse_plan("setpoint", setpoint) == [PlanItem(None, 1564489613491, 19.0, 6.0, 32.0)]
+    assert bemcom.parse_plan("setpoint", setpoint) == [PlanItem(None, 1564489613491, 19.0, 6.0, 32.0, continuous=True)]
     assert bemcom.parse_plan("schedule", b'{"schedule": null, "timestamp": 1}') is None
     assert bemcom.parse_plan("schedule", b"") is None  # a retained message being deleted
     for bad in (b"x", b'{"setpoint": []}', b'{"schedule": [{"from_timestamp": "soon", "value": 1}]}',
@@ -470,7 +496,8 @@ async def test_trigger_unlock_and_composite_schedule_with_results_as_sensor_data
     assert (request["connectorId"], request["chargingRateUnit"]) == (1, "W")
     await probe.wait_json(f"{CN}/messages/4/value", lambda d: d["value"] == "Accepted")
     periods = await probe.wait_json(f"{CN}/messages/5/value")
-    assert periods["value"][0]["start_period"] == 0 and "limit" in periods["value"][0]
+    assert isinstance(periods["value"], str)  # a list as its JSON text: the BEMcom API stores float(value) or text
+    assert json.loads(periods["value"])[0]["start_period"] == 0 and "limit" in json.loads(periods["value"])[0]
     assert (await probe.wait_json(f"{CN}/messages/6/value"))["value"] == 600
 
 
@@ -669,7 +696,7 @@ async def test_a_removed_charger_leaves_the_available_datapoints(service_factory
 async def test_a_setpoint_sends_its_preferred_value_and_the_controller_rule_picks_schedule_values(
     service_factory, probe: MqttProbe
 ) -> None:
-    service = await start(service_factory)
+    service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
     base = LIMIT_TOPIC.removesuffix("value")
@@ -683,14 +710,14 @@ async def test_a_setpoint_sends_its_preferred_value_and_the_controller_rule_pick
     probe.publish(base + "schedule", json.dumps(schedule), retain=True, qos=2)  # within 6000..11000: the schedule's
     await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 7000)
     await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 7000)
-    schedule["schedule"][0]["value"] = 15000  # outside the setpoint's range: its preferred value
-    probe.publish(base + "schedule", json.dumps(schedule), retain=True, qos=2)
+    setpoint["setpoint"][0].pop("min_value")  # no flexibility left: the preferred value
+    probe.publish(base + "setpoint", json.dumps(setpoint), retain=True, qos=2)
     await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000 and limits(sim)[-1] == 9000)
     assert limits(sim) == [9000, 7000, 9000]
 
 
 async def test_a_schedule_becomes_one_profile_with_several_periods(service_factory, probe: MqttProbe) -> None:
-    service = await start(service_factory)
+    service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     status = f"{CN}/messages/9/value"
     await install_map(probe, {"wallbox-1__SetChargingProfile__status": status}, {LIMIT_TOPIC: LIMIT_KEY})
@@ -781,21 +808,23 @@ async def test_runs_from_the_bemcom_environment_variables_and_a_dotenv_file(brok
         draining = asyncio.create_task(drain(process.stderr, lines))
         sim, sim_task = await connect(f"ws://127.0.0.1:{ocpp_port}", "wallbox-1", SimOptions(meter_interval=0))
         await asyncio.wait_for(sim.booted.wait(), TIMEOUT)
-        available = await probe.wait_json(f"{cn}/available_datapoints", lambda d: "wallbox-1__StatusNotification__status" in d["sensor"])
-        assert available["actuator"] == {"wallbox-1__execute_send_charging_profile__": "0", "wallbox-1__execute_trigger_message__": "0"}
+        # started the BEMcom way: the original connector's keys, its 10 s OCPP heartbeat
+        available = await probe.wait_json(f"{cn}/available_datapoints", lambda d: "StatusNotification__status" in d["sensor"])
+        assert available["actuator"] == {"execute_send_charging_profile__": "0", "execute_trigger_message__": "0"}
+        assert sim.heartbeat_interval == 10
         beat = await probe.wait_json(f"{cn}/heartbeat")
         assert beat["next_heartbeats_timestamp"] - beat["this_heartbeats_timestamp"] == 30_000
         raw = await probe.wait_json(f"{cn}/raw_message_to_db", lambda d: d["payload"]["raw_message"][2] == "BootNotification")
         assert raw["connector_version"] == __version__
         mark = probe.mark()
         topic = f"{cn}/messages/1/value"
-        probe.publish(f"{cn}/datapoint_map", json.dumps({"sensor": {}, "actuator": {topic: "wallbox-1__execute_send_charging_profile__"}}),
+        probe.publish(f"{cn}/datapoint_map", json.dumps({"sensor": {}, "actuator": {topic: "execute_send_charging_profile__"}}),
                       retain=True, qos=2)
         await probe.wait_json(f"{cn}/logs", lambda d: "datapoint_map with 0 sensor and 1 actuator" in d["msg"], since=mark)
         probe.publish(topic, value_message(11000), qos=2)
         profile = (await sim.wait_for_call("SetChargingProfile"))["csChargingProfiles"]
         assert (profile["stackLevel"], profile["chargingSchedule"]["chargingRateUnit"], limit_of({"csChargingProfiles": profile})) == (5, "W", 11000)
-        assert not [t for t, _, _ in probe.messages if t.startswith("not-this-one/")]
+        assert not [t for t, _, _ in probe.messages if not t.startswith(f"{cn}/")]  # no ocpp/*, no discovery
     finally:
         if sim_task is not None:
             sim_task.cancel()
@@ -826,7 +855,7 @@ async def test_a_bad_bemcom_variable_stops_the_cli_with_a_clear_message(variable
 
 
 async def test_a_schedule_for_an_offline_charger_is_installed_when_it_is_back(service_factory, probe: MqttProbe) -> None:
-    service = await start(service_factory)
+    service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
     await sim._connection.close()
