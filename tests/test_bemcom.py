@@ -28,6 +28,7 @@ from ocpp_addon.hub import UPDATED
 from ocpp_addon.simulator import SimOptions, connect
 
 from .conftest import TIMEOUT, MqttProbe, Service, free_port
+from .test_bemcom_dropin import Mqtt5Probe
 
 CN = "ocpp-connector"
 MAP = f"{CN}/datapoint_map"
@@ -49,18 +50,6 @@ def info_logs(caplog: pytest.LogCaptureFixture) -> None:
     """INFO records reach the handlers (as with the CLI's logging setup), so cn/logs carries them."""
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.WARNING, logger="ocpp")
-
-
-class QosProbe(MqttProbe):
-    """A probe subscribed with QoS 2 that also records each message's QoS."""
-
-    def __init__(self, port: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.qos: list[tuple[str, int, bool]] = []
-        super().__init__(port, loop)
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.qos.append((msg.topic, msg.qos, bool(msg.retain)))
-        super()._on_message(client, userdata, msg)
 
 
 async def start(service_factory: Callable[..., Any], profile: dict[str, Any] | None = None, **bemcom_options: Any) -> Service:
@@ -565,22 +554,25 @@ async def test_a_malformed_datapoint_map_is_logged_and_the_previous_one_kept(ser
 
 
 async def test_topics_have_the_templates_qos_and_retain_flags(service_factory, broker) -> None:
-    watcher = QosProbe(broker.port, asyncio.get_running_loop())
+    """Watched with MQTT 5 retain-as-published: the retain flag is the one we published with, also on live
+    deliveries (over MQTT 3.1.1 a live delivery always says 0, so a wrong flag would pass unseen)."""
+    watcher = Mqtt5Probe(broker.port, asyncio.get_running_loop())
     await watcher.subscribe("#", qos=2)
     try:
         service = await start(service_factory, send_raw_message_to_db=True, heartbeat_interval=0.2)
         sim = await service.charger("wallbox-1")
         energy = f"{CN}/messages/1/value"
-        await install_map(watcher, {"wallbox-1__Energy.Active.Import.Register__Wh": energy}, {})
+        await install_map(watcher, {"wallbox-1__Energy.Active.Import.Register__Wh": energy}, {LIMIT_TOPIC: LIMIT_KEY})
         await sim.send_meter_values()
         await watcher.wait_for(energy)
         await watcher.wait_for(HEARTBEAT)
         await watcher.wait_for(RAW)  # QoS 2 deliveries take a round trip longer: they may come last
-        qos = {topic: {(q, r) for t, q, r in watcher.qos if t == topic} for topic in (RAW, AVAILABLE, LOGS, HEARTBEAT, energy)}
-        assert qos[RAW] == {(2, False)}
-        assert qos[AVAILABLE] == qos[LOGS] == qos[HEARTBEAT] == qos[energy] == {(0, False)}  # live deliveries
-        for topic in (AVAILABLE, LOGS, energy):  # kept by the broker for the BEMcom API
-            assert await retained_payload(watcher, topic)
+        flags = {topic: {(q, r) for t, q, r in watcher.flags if t == topic} for topic in (RAW, AVAILABLE, LOGS, HEARTBEAT, energy)}
+        assert flags[RAW] == {(2, False)} and flags[HEARTBEAT] == {(0, False)}
+        assert flags[AVAILABLE] == flags[LOGS] == flags[energy] == {(0, True)}  # kept by the broker for the BEMcom API
+        # what we subscribe with: the map at QoS 1, actuator values at QoS 2 (the template's)
+        subscriptions = service.app.mqtt._subscriptions
+        assert (subscriptions[MAP][0], subscriptions[LIMIT_TOPIC][0]) == (1, 2)
     finally:
         watcher.close()
 
@@ -869,3 +861,93 @@ async def test_a_schedule_for_an_offline_charger_is_installed_when_it_is_back(se
     again = await service.charger("wallbox-1")
     periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
     assert [p["limit"] for p in periods] == [8000, 6000]
+
+
+# -- issue 13: what an existing BEMcom installation relies on ----------------------------------------
+
+
+async def test_a_repeated_actuator_value_is_executed_each_time(service_factory, probe: MqttProbe) -> None:
+    """The template executes every message: two identical TriggerMessage values are two requests."""
+    service = await start(service_factory)
+    sim = await service.charger("wallbox-1")
+    topic = f"{CN}/messages/21/value"
+    await install_map(probe, {}, {topic: "wallbox-1__execute_trigger_message__"})
+    message = value_message(3)
+    probe.publish(topic, message, qos=2)
+    probe.publish(topic, message, qos=2)  # the very same payload
+    await sim.wait_for_call("TriggerMessage")
+    mark = probe.mark()
+    probe.publish(topic, value_message(5), qos=2)  # the barrier: a different one after both
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("requested_message") == "StatusNotification", since=mark)
+    assert [p["requestedMessage"] for p in sim.calls("TriggerMessage")] == ["Heartbeat", "Heartbeat", "StatusNotification"]
+
+
+async def test_debug_level_sends_debug_records_to_the_logs_topic(service_factory, probe: MqttProbe, caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG=TRUE (log_level debug): the template publishes debug records on cn/logs too."""
+    caplog.set_level(logging.DEBUG, logger="ocpp_addon")
+    await service_factory(log_level="debug", bemcom={"enabled": True, "connector_name": CN})
+    await install_map(probe, {}, {})
+    logging.getLogger("ocpp_addon.bemcom").debug("debug marker %d", 7)
+    record = await probe.wait_json(LOGS, lambda d: d["msg"] == "debug marker 7")
+    assert record["level"] == logging.DEBUG and json.loads(await retained_payload(probe, LOGS))["level"] in (logging.DEBUG, logging.INFO)
+
+
+async def test_every_datapoint_value_is_one_the_bemcom_api_can_store(service_factory, probe: MqttProbe) -> None:
+    """The API saves float(value) if it can, else the text; float() of a list raises a TypeError it does not catch."""
+    service = await start(service_factory)
+    await service.charger("wallbox-1")
+    topic = f"{CN}/messages/20/value"
+    key = "wallbox-1__CompositeSchedule__charging_schedule__charging_schedule_period"
+    await install_map(probe, {key: f"{CN}/messages/5/value"}, {topic: "wallbox-1__execute_get_composite_schedule__", LIMIT_TOPIC: LIMIT_KEY})
+    probe.publish(LIMIT_TOPIC, value_message(11000), qos=2)  # a schedule to report
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 11000)
+    probe.publish(topic, value_message(600), qos=2)
+    periods = await probe.wait_json(f"{CN}/messages/5/value")
+    available = await probe.wait_json(AVAILABLE, lambda d: key in d["sensor"])
+
+    def storable(value: Any) -> bool:
+        if value is None or isinstance(value, (bool, str)):
+            return True
+        try:
+            float(value)
+        except TypeError:
+            return False
+        return True
+
+    assert storable(periods["value"]) and json.loads(periods["value"])[0]["start_period"] == 0
+    assert [k for k, v in available["sensor"].items() if not storable(v)] == []
+
+
+async def test_setpoints_and_schedules_are_left_to_bemcoms_controller_unless_asked_for(service_factory, probe: MqttProbe) -> None:
+    """Off by default: with a BEMcom controller present there would be two writers."""
+    service = await start(service_factory)
+    sim = await service.charger("wallbox-1")
+    trigger = f"{CN}/messages/21/value"
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, trigger: "wallbox-1__execute_trigger_message__"})
+    base = LIMIT_TOPIC.removesuffix("value")
+    now = int(time.time() * 1000)
+    probe.publish(base + "schedule", json.dumps({"schedule": [{"from_timestamp": None, "to_timestamp": None, "value": 9000}],
+                                                 "timestamp": now}), retain=True, qos=2)
+    probe.publish(base + "setpoint", json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": None,
+                                                               "preferred_value": 5000}], "timestamp": now}), retain=True, qos=2)
+    probe.publish(trigger, value_message(3), qos=2)  # a barrier: handled after both
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("requested_message") == "Heartbeat")
+    probe.publish(LIMIT_TOPIC, value_message(7000), qos=2)  # what a controller would send: the only writer
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 7000)
+    assert limits(sim) == [7000]
+
+
+async def test_applied_setpoints_follow_the_controller_rule_with_null_flexibility(service_factory, probe: MqttProbe) -> None:
+    """min_value/max_value present but null: BEMcom's controller sends the schedule's 9000, not the preferred 5000."""
+    service = await start(service_factory, apply_setpoints=True)
+    sim = await service.charger("wallbox-1")
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
+    base = LIMIT_TOPIC.removesuffix("value")
+    now = int(time.time() * 1000)
+    probe.publish(base + "setpoint", json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": None, "preferred_value": 5000,
+                                                               "min_value": None, "max_value": None}], "timestamp": now}), retain=True, qos=2)
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 5000)  # setpoint only: preferred_value
+    probe.publish(base + "schedule", json.dumps({"schedule": [{"from_timestamp": None, "to_timestamp": None, "value": 9000}],
+                                                 "timestamp": now}), retain=True, qos=2)
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000)
+    assert limits(sim) == [5000, 9000]
