@@ -32,8 +32,12 @@ BEMCOM_COMMANDS = ("execute_send_charging_profile", "execute_trigger_message", "
 DOTENV = ".env"  # read from the working directory, as BEMcom's connector template does
 # Per-unit slider defaults: 6-32 A is the IEC 61851 range, 22 kW a three-phase 32 A wallbox.
 UNIT_DEFAULTS = {"A": {"max": 32.0, "step": 1.0}, "W": {"max": 22000.0, "step": 100.0}}
-DEFAULT_HEARTBEAT = 300  # seconds, the OCPP Heartbeat interval we give chargers
-DROP_IN_HEARTBEAT = 10  # what BEMcom's original OCPP connector answered to every BootNotification
+# BEMcom drop-in mode: what the original OCPP connector did, for every key not set otherwise.
+DROP_IN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ocpp": {"heartbeat_interval": 10},  # the interval it answered every BootNotification with
+    "mqtt": {"ocpp_topics": False, "discovery": False},  # it published nothing outside its connector's topics
+    "bemcom": {"legacy_keys": True},  # its datapoint keys, which existing datapoint maps name
+}
 
 
 class ConfigError(Exception):
@@ -141,8 +145,7 @@ SCHEMA = vol.Schema(
             vol.Optional("host", default="0.0.0.0"): vol.Coerce(str),
             vol.Optional("port", default=9000): PORT,
             vol.Optional("path_prefix", default=""): _path_prefix,
-            # None: 300 s, or the original BEMcom connector's 10 s in drop-in mode.
-            vol.Optional("heartbeat_interval", default=None): vol.Any(None, vol.All(vol.Coerce(int), vol.Range(min=10, max=86400))),
+            vol.Optional("heartbeat_interval", default=300): vol.All(vol.Coerce(int), vol.Range(min=10, max=86400)),
             vol.Optional("response_timeout", default=30): POSITIVE_SECONDS,
             vol.Optional("ping_interval", default=20): POSITIVE_SECONDS,
             vol.Optional("ping_timeout", default=20): POSITIVE_SECONDS,
@@ -177,9 +180,9 @@ SCHEMA = vol.Schema(
             # a broker never take over each other's (persistent) session.
             vol.Optional("client_id", default=None): vol.Any(None, vol.All(vol.Coerce(str), vol.Length(min=1, max=64))),
             vol.Optional("base_topic", default="ocpp"): _topic_level,
-            # None: on, except in BEMcom drop-in mode, where the broker is BEMcom's.
-            vol.Optional("ocpp_topics", default=None): vol.Any(None, vol.Boolean()),
-            vol.Optional("discovery", default=None): vol.Any(None, vol.Boolean()),
+            # Our ocpp/* topics and the Home Assistant sink (off in BEMcom drop-in mode: BEMcom's broker).
+            vol.Optional("ocpp_topics", default=True): vol.Boolean(),
+            vol.Optional("discovery", default=True): vol.Boolean(),
             vol.Optional("discovery_prefix", default="homeassistant"): _topic_level,
             vol.Optional("keepalive", default=60): vol.All(vol.Coerce(int), vol.Range(min=5, max=3600)),
             vol.Optional("ssl", default=False): vol.Boolean(),
@@ -237,10 +240,9 @@ SCHEMA = vol.Schema(
                 vol.In(BEMCOM_COMMANDS, msg=f"expected one of {', '.join(BEMCOM_COMMANDS)}")
             ],
             # Started the BEMcom way (environment only, no config file): the original connector's
-            # defaults (see DROP_IN_DEFAULTS); set in a file to get them there too.
+            # defaults (DROP_IN_DEFAULTS); set in a file to get them there too.
             vol.Optional("drop_in", default=False): vol.Boolean(),
-            # None: the original's keys in drop-in mode, keys per charger (<cp>__...) otherwise.
-            vol.Optional("legacy_keys", default=None): vol.Any(None, vol.Boolean()),
+            vol.Optional("legacy_keys", default=False): vol.Boolean(),
             # Turn the API's /setpoint and /schedule messages into limits ourselves (BEMcom's
             # controller's job): opt-in, so that a controller and we never both write.
             vol.Optional("apply_setpoints", default=False): vol.Boolean(),
@@ -295,6 +297,7 @@ def validate(data: Any) -> dict[str, Any]:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {type(data).__name__}")
+    data = _with_drop_in_defaults(data)
     try:
         config = SCHEMA(dict(data))
     except vol.MultipleInvalid as err:
@@ -337,18 +340,24 @@ def default_client_id(config: Mapping[str, Any]) -> str:
     return "-".join(parts)
 
 
+def _with_drop_in_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    bemcom = data.get("bemcom")
+    try:
+        drop_in = isinstance(bemcom, Mapping) and vol.Boolean()(bemcom.get("drop_in", False))
+    except vol.Invalid:
+        return data  # the schema reports it
+    if not drop_in:
+        return data
+    merged = dict(data)
+    for section, defaults in DROP_IN_DEFAULTS.items():
+        given = merged.get(section)
+        merged[section] = {**defaults, **given} if isinstance(given, Mapping) else (given if section in merged else dict(defaults))
+    return merged
+
+
 def _resolve_defaults(config: dict[str, Any], data: Mapping[str, Any]) -> None:
     """Defaults that depend on other settings (None in the schema)."""
-    bemcom, mqtt, ocpp = config["bemcom"], config["mqtt"], config["ocpp"]
-    drop_in = bemcom["enabled"] and bemcom["drop_in"]
-    if bemcom["legacy_keys"] is None:
-        bemcom["legacy_keys"] = drop_in
-    if ocpp["heartbeat_interval"] is None:
-        ocpp["heartbeat_interval"] = DROP_IN_HEARTBEAT if drop_in else DEFAULT_HEARTBEAT
-    if mqtt["ocpp_topics"] is None:
-        mqtt["ocpp_topics"] = not drop_in
-    if mqtt["discovery"] is None:
-        mqtt["discovery"] = mqtt["ocpp_topics"]
+    mqtt = config["mqtt"]
     if mqtt["embedded_broker"] is None:
         given = data.get("mqtt") if isinstance(data.get("mqtt"), Mapping) else {}
         mqtt["embedded_broker"] = "host" not in given and "port" not in given

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import paho.mqtt.client as mqtt
 import pytest
 from ocpp.v16 import call as ocpp_call
 

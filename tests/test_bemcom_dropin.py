@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import paho.mqtt.client as mqtt
 import pytest
