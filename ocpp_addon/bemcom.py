@@ -335,8 +335,8 @@ def controller_value(setpoint: Sequence[PlanItem] | None, schedule: Sequence[Pla
     Schedule only: its value. Setpoint only: preferred_value. Both: the schedule's
     value while the setpoint's flexibility lets it through, judged on the control
     group's sensor value, else preferred_value; a setpoint without flexibility
-    always wins. We have no sensor datapoint (None), which BEMcom's controller
-    treats as "no sensor value yet": any flexibility lets the schedule through.
+    always wins. Without a sensor value (none configured, or none received yet)
+    any flexibility lets the schedule through, as in BEMcom's controller.
     None: nothing to send (the actuator keeps its last value).
     """
     point, scheduled = _first_active(setpoint, moment), _first_active(schedule, moment)
@@ -347,7 +347,8 @@ def controller_value(setpoint: Sequence[PlanItem] | None, schedule: Sequence[Pla
     return point.value
 
 
-def limit_timeline(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, now: int) -> list[tuple[int, float]]:
+def limit_timeline(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, now: int,
+                   sensor: float | None = None) -> list[tuple[int, float]]:
     """The controller's output from ``now`` on: ``[(from ms, limit)]``, one entry per change.
 
     Evaluated at ``now`` and at every item boundary; a moment without a value keeps
@@ -358,7 +359,7 @@ def limit_timeline(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanI
     boundaries = sorted({t for i in items for t in (i.start, i.end) if t is not None and t > now})
     timeline: list[tuple[int, float]] = []
     for moment in (now, *boundaries):
-        value = controller_value(setpoint, schedule, moment)
+        value = controller_value(setpoint, schedule, moment, sensor)
         if value is not None and (not timeline or timeline[-1][1] != value):
             timeline.append((moment, value))
     return timeline
@@ -436,6 +437,9 @@ class BemcomSink:
         self.name: str = bemcom["connector_name"]
         self.legacy: bool = bemcom["legacy_keys"]
         self.apply_setpoints: bool = bemcom["apply_setpoints"]
+        # The controller rule's sensor datapoint (a key without the <cp>__ prefix), per charger.
+        self.controller_sensor: str | None = bemcom["controller_sensor"]
+        self._sensor_values: dict[str, float | None] = {}
         self.commands: tuple[str, ...] = tuple(bemcom["actuators"])
         self.raw_to_db: bool = bemcom["send_raw_message_to_db"]
         self.heartbeat_interval: float = bemcom["heartbeat_interval"]
@@ -539,12 +543,24 @@ class BemcomSink:
         new_key = not flat.keys() <= self._sensors.keys()
         timestamp = now_ms()
         self._sensors.update((key, (value, timestamp)) for key, value in flat.items())
+        if self.controller_sensor is not None and prefix + self.controller_sensor in flat:
+            self._controller_sensor(charger_id, flat[prefix + self.controller_sensor])
         if new_key:
             self._publish_available()
         for key, value in flat.items():
             topic = self._map_sensor.get(key)
             if topic is not None:
                 self._publish_value(topic, value, timestamp)
+
+    def _controller_sensor(self, charger_id: str, value: Any) -> None:
+        """A new value of the controller rule's sensor: the time line may change (BEMcom's controller
+        recomputes on every sensor message too; only a changed time line is sent)."""
+        number = None if isinstance(value, bool) else parse_number(value)
+        if self._sensor_values.get(charger_id) == number and charger_id in self._sensor_values:
+            return
+        self._sensor_values[charger_id] = number
+        for value_topic in list(self._plans):
+            self._apply_plan(value_topic, only_for=charger_id)
 
     def _publish_value(self, topic: str, value: Any, timestamp: int) -> None:
         self.mqtt.publish(topic, json.dumps({"value": value, "timestamp": timestamp}, default=str), retain=True)
@@ -667,7 +683,7 @@ class BemcomSink:
             return
         charger_id = target[0]
         now = now_ms()
-        timeline = limit_timeline(plan.setpoint, plan.schedule, now)
+        timeline = limit_timeline(plan.setpoint, plan.schedule, now, self._sensor_values.get(charger_id))
         if not timeline:
             return  # nothing to send: the charger keeps its limit
         shape = tuple((start if start > now else None, limit) for start, limit in timeline)

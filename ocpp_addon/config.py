@@ -246,6 +246,9 @@ SCHEMA = vol.Schema(
             # Turn the API's /setpoint and /schedule messages into limits ourselves (BEMcom's
             # controller's job): opt-in, so that a controller and we never both write.
             vol.Optional("apply_setpoints", default=False): vol.Boolean(),
+            # The sensor datapoint of BEMcom's controller rule (a key without the <cp>__ prefix,
+            # e.g. "SoC__Percent"): whether the setpoint's flexibility lets the schedule through.
+            vol.Optional("controller_sensor", default=None): _optional_text,
             vol.Optional("heartbeat_interval", default=30): POSITIVE_SECONDS,
         },
     }
@@ -446,6 +449,8 @@ def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str,
         data["bemcom"]["legacy_keys"] = env["KEYS_PER_CHARGER"] != "TRUE"
     if "APPLY_SETPOINTS" in env:  # ours: act as BEMcom's controller for the charging limit
         data["bemcom"]["apply_setpoints"] = env["APPLY_SETPOINTS"] == "TRUE"
+    if "CONTROLLER_SENSOR" in env:  # ours: the sensor datapoint key of that controller rule
+        data["bemcom"]["controller_sensor"] = env["CONTROLLER_SENSOR"]
     if "OCPP_TOPICS" in env:  # ours: the ocpp/* topics and Home Assistant discovery beside BEMcom's
         data["mqtt"]["ocpp_topics"] = data["mqtt"]["discovery"] = env["OCPP_TOPICS"] == "TRUE"
     if "OCPP_PROFILE" in env and env["OCPP_PROFILE"].strip():

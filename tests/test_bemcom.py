@@ -950,3 +950,25 @@ async def test_applied_setpoints_follow_the_controller_rule_with_null_flexibilit
                                                  "timestamp": now}), retain=True, qos=2)
     await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000)
     assert limits(sim) == [5000, 9000]
+
+
+async def test_the_controller_rule_judges_flexibility_on_the_configured_sensor(service_factory, probe: MqttProbe) -> None:
+    """As BEMcom's controller: the schedule's value while the sensor is within the setpoint's range, else preferred."""
+    service = await start(service_factory, apply_setpoints=True, controller_sensor="SoC__Percent")
+    sim = await service.charger("wallbox-1")
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
+    base = LIMIT_TOPIC.removesuffix("value")
+    now = int(time.time() * 1000)
+    probe.publish(base + "setpoint", json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": None, "preferred_value": 5000,
+                                                               "min_value": 20, "max_value": 80}], "timestamp": now}), retain=True, qos=2)
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 5000)
+    probe.publish(base + "schedule", json.dumps({"schedule": [{"from_timestamp": None, "to_timestamp": None, "value": 9000}],
+                                                 "timestamp": now}), retain=True, qos=2)
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 9000)  # no sensor value yet: the schedule's
+    sim.options.soc = 90
+    await sim.send_meter_values()  # SoC 90 is outside 20..80: preferred
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 5000 and len(limits(sim)) == 3)
+    sim.options.soc = 50
+    await sim.send_meter_values()  # back within: the schedule's
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000 and len(limits(sim)) == 4)
+    assert limits(sim) == [5000, 9000, 5000, 9000]
