@@ -26,6 +26,27 @@ def _broker_answers(host: str, port: int) -> bool:
         return False
 
 
+# How long the OCPP port stays closed at start while the broker is being reached: long enough for a
+# broker that is up (so a charger's first frames reach MQTT, as with BEMcom's original connector, which
+# connected first), short enough that chargers are served while a configured broker is still down.
+FIRST_CONNECT_WAIT = 5.0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise the OSError a bind of the OCPP port would raise (e.g. address already in use), without
+    keeping it: a second copy of the service must fail before it touches MQTT, where its client id
+    would take over the running copy's session."""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise OSError(err.errno, f"OCPP port {host}:{port}: {err.strerror}") from None
+
+
 class App:
     """The running service; ``await start()``, then ``await stop()``."""
 
@@ -48,9 +69,8 @@ class App:
 
     async def start(self) -> None:
         mqtt_cfg = self.config["mqtt"]
-        # The OCPP port first: a second copy of the service (same client id) fails here,
-        # before its MQTT connection could take over the running one's session.
-        await self.central_system.start()
+        ocpp = self.config["ocpp"]
+        await asyncio.to_thread(check_port_free, ocpp["host"], ocpp["port"])
         if (
             mqtt_cfg["embedded_broker"]
             and mqtt_cfg["host"] in ("localhost", "127.0.0.1")
@@ -67,11 +87,18 @@ class App:
         if self.bemcom is not None:
             self.bemcom.start()
         await self.mqtt.start()
-        ocpp = self.config["ocpp"]
+        try:
+            await asyncio.wait_for(self.mqtt.connected.wait(), FIRST_CONNECT_WAIT)
+        except asyncio.TimeoutError:
+            _LOGGER.warning("MQTT broker %s:%d not reached yet; serving chargers anyway, their values go out once it is",
+                            mqtt_cfg["host"], mqtt_cfg["port"])
+        await self.central_system.start()
         _LOGGER.info(
-            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, base topic '%s'",
+            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, %s",
             self.central_system.scheme, ocpp["host"], self.central_system.port, ocpp["path_prefix"],
-            mqtt_cfg["host"], mqtt_cfg["port"], " (embedded mosquitto)" if self.broker else "", mqtt_cfg["base_topic"],
+            mqtt_cfg["host"], mqtt_cfg["port"], " (embedded mosquitto)" if self.broker else "",
+            f"base topic '{mqtt_cfg['base_topic']}'" if self.homeassistant is not None
+            else f"BEMcom connector '{self.config['bemcom']['connector_name']}' only",
         )
 
     async def stop(self) -> None:

@@ -328,6 +328,9 @@ def validate(data: Any) -> dict[str, Any]:
     mqtt = config["mqtt"]
     if mqtt["keyfile"] and not mqtt["certfile"]:
         raise ConfigError("mqtt.keyfile: give mqtt.certfile (the client certificate) with it")
+    if not mqtt["ocpp_topics"] and not config["bemcom"]["enabled"]:
+        raise ConfigError("mqtt.ocpp_topics = False: with the BEMcom connector off nothing would reach MQTT; "
+                          "set bemcom.enabled (or CONNECTOR_NAME), or leave mqtt.ocpp_topics on")
     _resolve_defaults(config, data)
     return config
 

@@ -389,3 +389,5 @@ def test_drop_in_defaults_and_their_opt_ins(tmp_path: Path) -> None:
     assert own["ocpp"]["heartbeat_interval"] == 300 and own["mqtt"]["ocpp_topics"] is True
     assert own["mqtt"]["client_id"] == "ocpp-addon-ocpp-office-b"
     assert cfg.load(None, env={})["mqtt"]["client_id"] == "ocpp-addon"  # unchanged for Home Assistant users
+    with pytest.raises(cfg.ConfigError, match="mqtt.ocpp_topics = False: with the BEMcom connector off nothing would reach MQTT"):
+        cfg.validate({"mqtt": {"ocpp_topics": False}})
