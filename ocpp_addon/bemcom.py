@@ -16,14 +16,16 @@ these topics exactly (reference/bemcom.md, ``cn`` = the connector name):
 
 Sensor values are those the original connector published: built from the
 charger's own CALLs (so ``Power.Active.Import__W`` carries the string the
-charger sent, in its unit), namespaced per charger (``<cp>__``) so that several
-chargers fit in one connector, or without the prefix in legacy mode. Our
-normalised readings are published as well, under ``<cp>__state__``.
+charger sent, in its unit), with the original's keys (legacy keys: the default
+when started the BEMcom way) or namespaced per charger (``<cp>__``) so that
+several chargers fit in one connector. Our normalised readings are published as
+well, under ``state__``. Values are ones BEMcom's API can store (lists as JSON text).
 
-Beyond the original, the BEMcom API's ``/setpoint`` and ``/schedule`` topics of
-the charging-limit actuator are honoured directly: BEMcom's controller rule
-turns them into a time line, installed as one charging profile the charger
-enforces itself.
+Opted in (``bemcom.apply_setpoints``), the BEMcom API's ``/setpoint`` and
+``/schedule`` topics of the charging-limit actuator are honoured directly:
+BEMcom's controller rule turns them into a time line, installed as one charging
+profile the charger enforces itself. Off by default: that is the job of BEMcom's
+controller, and two writers would fight.
 
 Commands go through the hub, never to OCPP directly, and never block the loop.
 """
@@ -508,7 +510,7 @@ class BemcomSink:
                 self._add_actuators(charger_id)
                 if self.legacy and len(self.hub.connected) > 1:
                     _LOGGER.warning("BEMcom legacy keys with %d chargers connected: their datapoints share one set of keys; "
-                                    "turn bemcom.legacy_keys off for keys per charger", len(self.hub.connected))
+                                    "set KEYS_PER_CHARGER=TRUE (bemcom.legacy_keys: false) for keys per charger", len(self.hub.connected))
             self._sensor_flow(charger_id, state_message(event.state), changes_only=True)
         elif kind == READY:  # a schedule that could not be installed while the charger was away
             for value_topic, plan in self._plans.items():
