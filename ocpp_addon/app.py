@@ -26,6 +26,27 @@ def _broker_answers(host: str, port: int) -> bool:
         return False
 
 
+# How long the OCPP port stays closed at start while the broker is being reached: long enough for a
+# broker that is up (so a charger's first frames reach MQTT, as with BEMcom's original connector, which
+# connected first), short enough that chargers are served while a configured broker is still down.
+FIRST_CONNECT_WAIT = 5.0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise the OSError a bind of the OCPP port would raise (e.g. address already in use), without
+    keeping it: a second copy of the service must fail before it touches MQTT, where its client id
+    would take over the running copy's session."""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise OSError(err.errno, f"OCPP port {host}:{port}: {err.strerror}") from None
+
+
 class App:
     """The running service; ``await start()``, then ``await stop()``."""
 
@@ -35,9 +56,11 @@ class App:
         self.hub = Hub(config, self.store)
         self.broker: EmbeddedBroker | None = None
         self.mqtt = MqttBridge(config)
-        self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
-        self.store.on_problem = self.homeassistant.problem_changed
-        self.hub.add_sink(self.homeassistant)
+        self.homeassistant: HomeAssistantSink | None = None
+        if config["mqtt"]["ocpp_topics"]:
+            self.homeassistant = HomeAssistantSink(config, self.hub, self.mqtt)
+            self.store.on_problem = self.homeassistant.problem_changed
+            self.hub.add_sink(self.homeassistant)
         self.bemcom: BemcomSink | None = None
         if config["bemcom"]["enabled"]:
             self.bemcom = BemcomSink(config, self.hub, self.mqtt)
@@ -47,6 +70,8 @@ class App:
 
     async def start(self) -> None:
         mqtt_cfg = self.config["mqtt"]
+        ocpp = self.config["ocpp"]
+        await asyncio.to_thread(check_port_free, ocpp["host"], ocpp["port"])
         if (
             mqtt_cfg["embedded_broker"]
             and mqtt_cfg["host"] in ("localhost", "127.0.0.1")
@@ -58,16 +83,23 @@ class App:
                 self.broker = broker
             except BrokerError as err:
                 _LOGGER.error("%s", err)
-        self.homeassistant.start()
+        if self.homeassistant is not None:
+            self.homeassistant.start()
         if self.bemcom is not None:
             self.bemcom.start()
         await self.mqtt.start()
+        try:
+            await asyncio.wait_for(self.mqtt.connected.wait(), FIRST_CONNECT_WAIT)
+        except asyncio.TimeoutError:
+            _LOGGER.warning("MQTT broker %s:%d not reached yet; serving chargers anyway, their values go out once it is",
+                            mqtt_cfg["host"], mqtt_cfg["port"])
         await self.central_system.start()
-        ocpp = self.config["ocpp"]
         _LOGGER.info(
-            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, base topic '%s'",
+            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, %s",
             self.central_system.scheme, ocpp["host"], self.central_system.port, ocpp["path_prefix"],
-            mqtt_cfg["host"], mqtt_cfg["port"], " (embedded mosquitto)" if self.broker else "", mqtt_cfg["base_topic"],
+            mqtt_cfg["host"], mqtt_cfg["port"], " (embedded mosquitto)" if self.broker else "",
+            f"base topic '{mqtt_cfg['base_topic']}'" if self.homeassistant is not None
+            else f"BEMcom connector '{self.config['bemcom']['connector_name']}' only",
         )
 
     async def stop(self) -> None:
@@ -75,7 +107,7 @@ class App:
         connected = list(self.hub.connected)
         await self.central_system.close()
         await self.hub.close()
-        for charger_id in connected:  # no stale 'online' for chargers we just dropped
+        for charger_id in connected if self.homeassistant is not None else ():  # no stale 'online' for chargers we just dropped
             self.mqtt.publish(f"{self.config['mqtt']['base_topic']}/{charger_id}/availability", "offline", retain=True, qos=1)
         self.store.on_problem = None  # the last save below must not publish after the bridge is gone
         await self.store.close()

@@ -16,14 +16,16 @@ these topics exactly (reference/bemcom.md, ``cn`` = the connector name):
 
 Sensor values are those the original connector published: built from the
 charger's own CALLs (so ``Power.Active.Import__W`` carries the string the
-charger sent, in its unit), namespaced per charger (``<cp>__``) so that several
-chargers fit in one connector, or without the prefix in legacy mode. Our
-normalised readings are published as well, under ``<cp>__state__``.
+charger sent, in its unit), with the original's keys (legacy keys: the default
+when started the BEMcom way) or namespaced per charger (``<cp>__``) so that
+several chargers fit in one connector. Our normalised readings are published as
+well, under ``state__``. Values are ones BEMcom's API can store (lists as JSON text).
 
-Beyond the original, the BEMcom API's ``/setpoint`` and ``/schedule`` topics of
-the charging-limit actuator are honoured directly: BEMcom's controller rule
-turns them into a time line, installed as one charging profile the charger
-enforces itself.
+Opted in (``bemcom.apply_setpoints``), the BEMcom API's ``/setpoint`` and
+``/schedule`` topics of the charging-limit actuator are honoured directly:
+BEMcom's controller rule turns them into a time line, installed as one charging
+profile the charger enforces itself. Off by default: that is the job of BEMcom's
+controller, and two writers would fight.
 
 Commands go through the hub, never to OCPP directly, and never block the loop.
 """
@@ -158,6 +160,15 @@ def result_message(data: Mapping[str, Any]) -> dict[str, Any]:
     return {action: {k: v for k, v in fields.items() if v is not None}}
 
 
+def datapoint_value(value: Any) -> Any:
+    """A value the BEMcom API can store: it saves ``float(value)`` when that works, else the value as
+    text, and ``float()`` of a list raises a TypeError it does not catch. So lists (a composite
+    schedule's periods) travel as their JSON text."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return value
+
+
 def state_message(state: ChargerState) -> dict[str, Any]:
     """Our normalised values (the Home Assistant state JSON's keys) under ``state``."""
     values = {k: v for k, v in state.values().items() if v is not None}
@@ -244,18 +255,23 @@ class PlanItem:
     value: float | None  # schedule: value; setpoint: preferred_value
     minimum: float | None = None
     maximum: float | None = None
-    acceptable: tuple[float, ...] = ()
+    acceptable: tuple[float, ...] | None = None
+    # BEMcom's controller tells flexibility by the keys, not their values: "acceptable_values"
+    # present (even null: any value) is discrete, "min_value" and "max_value" both present
+    # (even null: no bound) continuous.
+    discrete: bool = False
+    continuous: bool = False
 
     def active(self, moment: int) -> bool:
         return (self.start is None or self.start <= moment) and (self.end is None or moment < self.end)
 
-    def accepts(self, value: float) -> bool:
-        """A setpoint's flexibility: acceptable_values, else min/max; none means the preferred value only."""
-        if self.acceptable:
-            return any(math.isclose(value, a) for a in self.acceptable)
-        if self.minimum is None and self.maximum is None:
-            return False
-        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+    def lets_schedule_through(self, sensor: float | None) -> bool:
+        """BEMcom controller's test of a setpoint against its sensor's last value (None: none received yet)."""
+        if self.discrete:
+            return self.acceptable is None or sensor is None or any(math.isclose(sensor, a) for a in self.acceptable)
+        if self.continuous:
+            return sensor is None or ((self.minimum is None or sensor >= self.minimum) and (self.maximum is None or sensor <= self.maximum))
+        return False  # no flexibility: the preferred value
 
 
 def _timestamp(item: Mapping[str, Any], key: str) -> int | None:
@@ -295,14 +311,18 @@ def parse_plan(kind: str, payload: bytes) -> list[PlanItem] | None:
     value_key = "preferred_value" if kind == "setpoint" else "value"
     plan = []
     for item in items:
-        acceptable = item.get("acceptable_values") or []
-        if not isinstance(acceptable, list):
-            raise BemcomError(f"acceptable_values {acceptable!r} is not a list")
-        numbers = tuple(parse_number(a) for a in acceptable)
-        if None in numbers:
-            raise BemcomError(f"acceptable_values {acceptable!r} are not all numbers")
+        acceptable = item.get("acceptable_values")
+        numbers: tuple[float, ...] | None = None
+        if acceptable is not None:
+            if not isinstance(acceptable, list):
+                raise BemcomError(f"acceptable_values {acceptable!r} is not a list")
+            parsed = tuple(parse_number(a) for a in acceptable)
+            if None in parsed:
+                raise BemcomError(f"acceptable_values {acceptable!r} are not all numbers")
+            numbers = parsed  # type: ignore[assignment]
         plan.append(PlanItem(_timestamp(item, "from_timestamp"), _timestamp(item, "to_timestamp"), _number(item, value_key),
-                             _number(item, "min_value"), _number(item, "max_value"), numbers))  # type: ignore[arg-type]
+                             _number(item, "min_value"), _number(item, "max_value"), numbers,
+                             discrete="acceptable_values" in item, continuous="min_value" in item and "max_value" in item))
     return plan
 
 
@@ -310,20 +330,27 @@ def _first_active(items: Sequence[PlanItem] | None, moment: int) -> PlanItem | N
     return next((i for i in items or () if i.active(moment)), None)
 
 
-def controller_value(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, moment: int) -> float | None:
-    """BEMcom's controller rule at ``moment``: the schedule value while the setpoint accepts it, else preferred_value.
+def controller_value(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, moment: int,
+                     sensor: float | None = None) -> float | None:
+    """BEMcom's controller rule (services/controllers/python, ``update_actuator_value``) at ``moment``.
 
-    Schedule only: its value. Setpoint only: preferred_value. None: nothing to
-    send (the actuator keeps its last value, as with BEMcom's controllers).
+    Schedule only: its value. Setpoint only: preferred_value. Both: the schedule's
+    value while the setpoint's flexibility lets it through, judged on the control
+    group's sensor value, else preferred_value; a setpoint without flexibility
+    always wins. Without a sensor value (none configured, or none received yet)
+    any flexibility lets the schedule through, as in BEMcom's controller.
+    None: nothing to send (the actuator keeps its last value).
     """
     point, scheduled = _first_active(setpoint, moment), _first_active(schedule, moment)
-    value = scheduled.value if scheduled else None
-    if point is None or (value is not None and point.accepts(value)):
-        return value
+    if scheduled is None:
+        return point.value if point is not None else None
+    if point is None or point.lets_schedule_through(sensor):
+        return scheduled.value
     return point.value
 
 
-def limit_timeline(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, now: int) -> list[tuple[int, float]]:
+def limit_timeline(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanItem] | None, now: int,
+                   sensor: float | None = None) -> list[tuple[int, float]]:
     """The controller's output from ``now`` on: ``[(from ms, limit)]``, one entry per change.
 
     Evaluated at ``now`` and at every item boundary; a moment without a value keeps
@@ -334,7 +361,7 @@ def limit_timeline(setpoint: Sequence[PlanItem] | None, schedule: Sequence[PlanI
     boundaries = sorted({t for i in items for t in (i.start, i.end) if t is not None and t > now})
     timeline: list[tuple[int, float]] = []
     for moment in (now, *boundaries):
-        value = controller_value(setpoint, schedule, moment)
+        value = controller_value(setpoint, schedule, moment, sensor)
         if value is not None and (not timeline or timeline[-1][1] != value):
             timeline.append((moment, value))
     return timeline
@@ -366,8 +393,9 @@ class MqttLogHandler(logging.Handler):
     dropped, so a failing publish cannot recurse.
     """
 
-    def __init__(self, mqtt: MqttBridge, topic: str, secrets: Sequence[str]) -> None:
-        super().__init__(logging.INFO)
+    def __init__(self, mqtt: MqttBridge, topic: str, secrets: Sequence[str], debug: bool = False) -> None:
+        # With DEBUG=TRUE the template publishes its debug records too; ours, not every library's frame log.
+        super().__init__(logging.DEBUG if debug else logging.INFO)
         self.mqtt = mqtt
         self.topic = topic
         self.secrets = [s for s in secrets if s]
@@ -375,6 +403,8 @@ class MqttLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("paho") or getattr(self._local, "busy", False):
+            return
+        if record.levelno < logging.INFO and not record.name.startswith("ocpp_addon"):
             return
         self._local.busy = True
         try:
@@ -408,6 +438,10 @@ class BemcomSink:
         self.mqtt = mqtt
         self.name: str = bemcom["connector_name"]
         self.legacy: bool = bemcom["legacy_keys"]
+        self.apply_setpoints: bool = bemcom["apply_setpoints"]
+        # The controller rule's sensor datapoint (a key without the <cp>__ prefix), per charger.
+        self.controller_sensor: str | None = bemcom["controller_sensor"]
+        self._sensor_values: dict[str, float | None] = {}
         self.commands: tuple[str, ...] = tuple(bemcom["actuators"])
         self.raw_to_db: bool = bemcom["send_raw_message_to_db"]
         self.heartbeat_interval: float = bemcom["heartbeat_interval"]
@@ -425,7 +459,7 @@ class BemcomSink:
         self._last_payload: dict[str, bytes] = {}
         self._plans: dict[str, _Plan] = {}  # by the actuator's /value topic
         self._heartbeat: asyncio.Task[None] | None = None
-        self._log_handler = MqttLogHandler(mqtt, self.topic_logs, _secrets(config))
+        self._log_handler = MqttLogHandler(mqtt, self.topic_logs, _secrets(config), debug=config["log_level"] == "debug")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -476,7 +510,7 @@ class BemcomSink:
                 self._add_actuators(charger_id)
                 if self.legacy and len(self.hub.connected) > 1:
                     _LOGGER.warning("BEMcom legacy keys with %d chargers connected: their datapoints share one set of keys; "
-                                    "turn bemcom.legacy_keys off for keys per charger", len(self.hub.connected))
+                                    "set KEYS_PER_CHARGER=TRUE (bemcom.legacy_keys: false) for keys per charger", len(self.hub.connected))
             self._sensor_flow(charger_id, state_message(event.state), changes_only=True)
         elif kind == READY:  # a schedule that could not be installed while the charger was away
             for value_topic, plan in self._plans.items():
@@ -505,18 +539,30 @@ class BemcomSink:
     def _sensor_flow(self, charger_id: str, message: Mapping[str, Any], changes_only: bool = False) -> None:
         """Flatten, namespace, learn new keys, publish the mapped ones (the template's run_sensor_flow)."""
         prefix = "" if self.legacy else f"{charger_id}__"
-        flat = {prefix + key: value for key, value in flatten(message).items()}
+        flat = {prefix + key: datapoint_value(value) for key, value in flatten(message).items()}
         if changes_only:
             flat = {key: value for key, value in flat.items() if key not in self._sensors or self._sensors[key][0] != value}
         new_key = not flat.keys() <= self._sensors.keys()
         timestamp = now_ms()
         self._sensors.update((key, (value, timestamp)) for key, value in flat.items())
+        if self.controller_sensor is not None and prefix + self.controller_sensor in flat:
+            self._controller_sensor(charger_id, flat[prefix + self.controller_sensor])
         if new_key:
             self._publish_available()
         for key, value in flat.items():
             topic = self._map_sensor.get(key)
             if topic is not None:
                 self._publish_value(topic, value, timestamp)
+
+    def _controller_sensor(self, charger_id: str, value: Any) -> None:
+        """A new value of the controller rule's sensor: the time line may change (BEMcom's controller
+        recomputes on every sensor message too; only a changed time line is sent)."""
+        number = None if isinstance(value, bool) else parse_number(value)
+        if self._sensor_values.get(charger_id) == number and charger_id in self._sensor_values:
+            return
+        self._sensor_values[charger_id] = number
+        for value_topic in list(self._plans):
+            self._apply_plan(value_topic, only_for=charger_id)
 
     def _publish_value(self, topic: str, value: Any, timestamp: int) -> None:
         self.mqtt.publish(topic, strict_json.dumps({"value": value, "timestamp": timestamp}, default=str), retain=True)
@@ -550,7 +596,7 @@ class BemcomSink:
         wanted: dict[str, str] = {}
         for value_topic, key in actuator.items():
             wanted[value_topic] = "value"
-            if key.endswith(f"{SEND_CHARGING_PROFILE}__") and value_topic.endswith("/value"):
+            if self.apply_setpoints and key.endswith(f"{SEND_CHARGING_PROFILE}__") and value_topic.endswith("/value"):
                 base = value_topic[: -len("value")]
                 wanted[base + "setpoint"] = "setpoint"
                 wanted[base + "schedule"] = "schedule"
@@ -570,20 +616,23 @@ class BemcomSink:
 
     # -- actuators ------------------------------------------------------------------------------
 
-    def _on_actuator_message(self, topic: str, payload: bytes) -> None:
+    def _on_actuator_message(self, topic: str, payload: bytes) -> Any:
+        """Returns the write of a new setpoint to disk, if any: the message is acknowledged once it is done."""
         kind = self._listening.get(topic)
         if kind is None:
             _LOGGER.warning("BEMcom: ignored a message on %s: the datapoint_map maps no actuator there", topic)
-            return
-        if self._last_payload.get(topic) == payload:
-            # The same message again: a retained one redelivered after a reconnect or map change.
-            # Executing it twice would e.g. unlock the connector again.
-            return
+            return None
+        # Every live message is executed, as the template does, even the same value twice (a
+        # second TriggerMessage is a second request). Only a retained message that the broker
+        # hands out again on a re-subscription (a reconnect) is the one executed before:
+        # executing it again would e.g. unlock the connector again.
+        if self.mqtt.retained and self._last_payload.get(topic) == payload:
+            return None
         self._last_payload[topic] = payload
         if kind == "value":
-            self._on_value(topic, payload)
-        else:
-            self._on_plan(topic, kind, payload)
+            return self._on_value(topic, payload)
+        self._on_plan(topic, kind, payload)
+        return None
 
     def _target(self, topic: str) -> tuple[str, str] | None:
         """The charger and command an actuator topic addresses; None (logged) when there is none."""
@@ -602,21 +651,21 @@ class BemcomSink:
             charger_id = candidates[0]
         return charger_id, command
 
-    def _on_value(self, topic: str, payload: bytes) -> None:
+    def _on_value(self, topic: str, payload: bytes) -> Any:
         target = self._target(topic)
         if target is None:
-            return
+            return None
         charger_id, command = target
         try:
             name, kwargs = command_call(command, parse_value_message(payload), self.unit)
         except BemcomError as err:
             _LOGGER.warning("%s: BEMcom %s on %s refused: %s", charger_id, command, topic, err)
             self.hub.result(charger_id, command=hub_command(command), status="Invalid", reason=str(err), source="bemcom")
-            return
+            return None
         if name == "charging_limit":
-            self.hub.set_charging_limit(charger_id, kwargs["limit"], unit=kwargs["unit"], source="bemcom")
-        else:
-            self.hub.run_command(charger_id, name, **kwargs)
+            return self.hub.set_charging_limit(charger_id, kwargs["limit"], unit=kwargs["unit"], source="bemcom")
+        self.hub.run_command(charger_id, name, **kwargs)
+        return None
 
     def _on_plan(self, topic: str, kind: str, payload: bytes) -> None:
         value_topic = topic[: -len(kind)] + "value"
@@ -637,7 +686,7 @@ class BemcomSink:
             return
         charger_id = target[0]
         now = now_ms()
-        timeline = limit_timeline(plan.setpoint, plan.schedule, now)
+        timeline = limit_timeline(plan.setpoint, plan.schedule, now, self._sensor_values.get(charger_id))
         if not timeline:
             return  # nothing to send: the charger keeps its limit
         shape = tuple((start if start > now else None, limit) for start, limit in timeline)

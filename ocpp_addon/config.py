@@ -31,6 +31,12 @@ BEMCOM_COMMANDS = ("execute_send_charging_profile", "execute_trigger_message", "
 DOTENV = ".env"  # read from the working directory, as BEMcom's connector template does
 # Per-unit slider defaults: 6-32 A is the IEC 61851 range, 22 kW a three-phase 32 A wallbox.
 UNIT_DEFAULTS = {"A": {"max": 32.0, "step": 1.0}, "W": {"max": 22000.0, "step": 100.0}}
+# BEMcom drop-in mode: what the original OCPP connector did, for every key not set otherwise.
+DROP_IN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ocpp": {"heartbeat_interval": 10},  # the interval it answered every BootNotification with
+    "mqtt": {"ocpp_topics": False, "discovery": False},  # it published nothing outside its connector's topics
+    "bemcom": {"legacy_keys": True},  # its datapoint keys, which existing datapoint maps name
+}
 
 
 class ConfigError(Exception):
@@ -191,8 +197,12 @@ SCHEMA = vol.Schema(
             vol.Optional("port", default=1883): PORT,
             vol.Optional("username", default=None): _optional_text,
             vol.Optional("password", default=None): _optional_text,
-            vol.Optional("client_id", default="ocpp-addon"): vol.All(vol.Coerce(str), vol.Length(min=1, max=64)),
+            # None: derived from the BEMcom connector name and instance_id, so that instances sharing
+            # a broker never take over each other's (persistent) session.
+            vol.Optional("client_id", default=None): vol.Any(None, vol.All(vol.Coerce(str), vol.Length(min=1, max=64))),
             vol.Optional("base_topic", default="ocpp"): _topic_level,
+            # Our ocpp/* topics and the Home Assistant sink (off in BEMcom drop-in mode: BEMcom's broker).
+            vol.Optional("ocpp_topics", default=True): vol.Boolean(),
             vol.Optional("discovery", default=True): vol.Boolean(),
             vol.Optional("discovery_prefix", default="homeassistant"): _topic_level,
             vol.Optional("keepalive", default=60): vol.All(vol.Coerce(int), vol.Range(min=5, max=3600)),
@@ -205,7 +215,8 @@ SCHEMA = vol.Schema(
             # Keep our subscriptions and queued QoS 1 commands at the broker while we are away.
             vol.Optional("persistent_session", default=True): vol.Boolean(),
             # Start Debian's mosquitto on localhost when no broker answers (standalone quick start).
-            vol.Optional("embedded_broker", default=True): vol.Boolean(),
+            # None: only when no broker was configured (mqtt.host/port, MQTT_BROKER_HOST/PORT).
+            vol.Optional("embedded_broker", default=None): vol.Any(None, vol.Boolean()),
         },
         vol.Optional("charging", default={}): {
             vol.Optional("unit", default="A"): vol.In(UNITS),
@@ -249,7 +260,16 @@ SCHEMA = vol.Schema(
             vol.Optional("actuators", default=["execute_send_charging_profile"]): [
                 vol.In(BEMCOM_COMMANDS, msg=f"expected one of {', '.join(BEMCOM_COMMANDS)}")
             ],
+            # Started the BEMcom way (environment only, no config file): the original connector's
+            # defaults (DROP_IN_DEFAULTS); set in a file to get them there too.
+            vol.Optional("drop_in", default=False): vol.Boolean(),
             vol.Optional("legacy_keys", default=False): vol.Boolean(),
+            # Turn the API's /setpoint and /schedule messages into limits ourselves (BEMcom's
+            # controller's job): opt-in, so that a controller and we never both write.
+            vol.Optional("apply_setpoints", default=False): vol.Boolean(),
+            # The sensor datapoint of BEMcom's controller rule (a key without the <cp>__ prefix,
+            # e.g. "SoC__Percent"): whether the setpoint's flexibility lets the schedule through.
+            vol.Optional("controller_sensor", default=None): _optional_text,
             vol.Optional("heartbeat_interval", default=30): POSITIVE_SECONDS,
         },
     }
@@ -301,6 +321,7 @@ def validate(data: Any) -> dict[str, Any]:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {type(data).__name__}")
+    data = _with_drop_in_defaults(data)
     try:
         config = SCHEMA(dict(data))
     except vol.MultipleInvalid as err:
@@ -328,7 +349,47 @@ def validate(data: Any) -> dict[str, Any]:
     mqtt = config["mqtt"]
     if mqtt["keyfile"] and not mqtt["certfile"]:
         raise ConfigError("mqtt.keyfile: give mqtt.certfile (the client certificate) with it")
+    if not mqtt["ocpp_topics"] and not config["bemcom"]["enabled"]:
+        raise ConfigError("mqtt.ocpp_topics = False: with the BEMcom connector off nothing would reach MQTT; "
+                          "set bemcom.enabled (or CONNECTOR_NAME), or leave mqtt.ocpp_topics on")
+    _resolve_defaults(config, data)
     return config
+
+
+def default_client_id(config: Mapping[str, Any]) -> str:
+    """``ocpp-addon[-<connector name>][-<instance_id>]``: stable across restarts (so a persistent
+    session is found again) and different for each connector or instance on one broker."""
+    parts = ["ocpp-addon"]
+    if config["bemcom"]["enabled"]:
+        parts.append(config["bemcom"]["connector_name"].replace("/", "-"))
+    if config.get("instance_id"):
+        parts.append(config["instance_id"])
+    return "-".join(parts)
+
+
+def _with_drop_in_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    bemcom = data.get("bemcom")
+    try:
+        drop_in = isinstance(bemcom, Mapping) and vol.Boolean()(bemcom.get("drop_in", False))
+    except vol.Invalid:
+        return data  # the schema reports it
+    if not drop_in:
+        return data
+    merged = dict(data)
+    for section, defaults in DROP_IN_DEFAULTS.items():
+        given = merged.get(section)
+        merged[section] = {**defaults, **given} if isinstance(given, Mapping) else (given if section in merged else dict(defaults))
+    return merged
+
+
+def _resolve_defaults(config: dict[str, Any], data: Mapping[str, Any]) -> None:
+    """Defaults that depend on other settings (None in the schema)."""
+    mqtt = config["mqtt"]
+    if mqtt["embedded_broker"] is None:
+        given = data.get("mqtt") if isinstance(data.get("mqtt"), Mapping) else {}
+        mqtt["embedded_broker"] = "host" not in given and "port" not in given
+    if mqtt["client_id"] is None:
+        mqtt["client_id"] = default_client_id(config)
 
 
 def profile_from_ocpp(value: Any, source: str = "OCPP_PROFILE") -> dict[str, Any]:
@@ -408,6 +469,14 @@ def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> dict[str,
         data["bemcom"]["send_raw_message_to_db"] = env["SEND_RAW_MESSAGE_TO_DB"] == "TRUE"
     if "LEGACY_KEYS" in env:  # ours: the original connector's datapoint keys, for existing single-charger mappings
         data["bemcom"]["legacy_keys"] = env["LEGACY_KEYS"] == "TRUE"
+    if "KEYS_PER_CHARGER" in env:  # ours: <cp>__ keys, for several chargers (a migration, see docs/bemcom.md)
+        data["bemcom"]["legacy_keys"] = env["KEYS_PER_CHARGER"] != "TRUE"
+    if "APPLY_SETPOINTS" in env:  # ours: act as BEMcom's controller for the charging limit
+        data["bemcom"]["apply_setpoints"] = env["APPLY_SETPOINTS"] == "TRUE"
+    if "CONTROLLER_SENSOR" in env:  # ours: the sensor datapoint key of that controller rule
+        data["bemcom"]["controller_sensor"] = env["CONTROLLER_SENSOR"]
+    if "OCPP_TOPICS" in env:  # ours: the ocpp/* topics and Home Assistant discovery beside BEMcom's
+        data["mqtt"]["ocpp_topics"] = data["mqtt"]["discovery"] = env["OCPP_TOPICS"] == "TRUE"
     if "OCPP_PROFILE" in env and env["OCPP_PROFILE"].strip():
         data["charging"]["profile"] = profile_from_ocpp(_json_env(env, "OCPP_PROFILE"))
     if "OCPP_CONFIG" in env and env["OCPP_CONFIG"].strip():
@@ -501,8 +570,10 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     """
     if env is None:
         env = {**read_dotenv(DOTENV, os.environ), **os.environ}
-    data = read_yaml(path) if path else {}
-    return validate(apply_environment(data, env))
+    data = apply_environment(read_yaml(path) if path else {}, env)
+    if not path and "CONNECTOR_NAME" in env:
+        data["bemcom"].setdefault("drop_in", True)  # started the way BEMcom starts its connectors
+    return validate(data)
 
 
 def redacted(config: Mapping[str, Any]) -> dict[str, Any]:

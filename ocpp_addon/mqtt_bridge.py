@@ -73,7 +73,9 @@ class MqttBridge:
         self.host: str = cfg["host"]
         self.port: int = cfg["port"]
         self.base: str = cfg["base_topic"]
-        self.state_topic = bridge_topic(config)
+        # Without our ocpp/* topics (BEMcom drop-in mode) there is no bridge state and no last will.
+        self.state_topic: str | None = bridge_topic(config) if cfg.get("ocpp_topics", True) else None
+        self.retained = False  # the retain flag of the message being dispatched
         self._keepalive: int = cfg["keepalive"]
         self._loop = loop
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
@@ -93,7 +95,8 @@ class MqttBridge:
         context = tls_context(cfg)
         if context is not None:
             client.tls_set_context(context)
-        client.will_set(self.state_topic, "offline", qos=1, retain=True)
+        if self.state_topic is not None:
+            client.will_set(self.state_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -151,7 +154,7 @@ class MqttBridge:
 
     async def stop(self) -> None:
         """Publish 'offline' (a clean stop does not fire the last will), then disconnect."""
-        if self.client.is_connected():  # not our event: it may lag paho's CONNACK by a loop turn
+        if self.client.is_connected() and self.state_topic is not None:  # not our event: it may lag paho's CONNACK by a loop turn
             info = self.client.publish(self.state_topic, "offline", qos=1, retain=True)
             await asyncio.get_running_loop().run_in_executor(None, _wait_published, info, 3.0)
         self.client.disconnect()
@@ -174,7 +177,8 @@ class MqttBridge:
                 client.unsubscribe(topic)
         for topic, (qos, _) in list(self._subscriptions.items()):
             client.subscribe(topic, qos)
-        client.publish(self.state_topic, "online", qos=1, retain=True)
+        if self.state_topic is not None:
+            client.publish(self.state_topic, "online", qos=1, retain=True)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected_in_loop)
 
@@ -223,9 +227,10 @@ class MqttBridge:
             _LOGGER.warning("ignored an MQTT message whose topic is not UTF-8")
             ack()
             return
-        self._loop.call_soon_threadsafe(self._dispatch, topic, message.payload, ack)
+        self._loop.call_soon_threadsafe(self._dispatch, topic, message.payload, ack, message.retain)
 
-    def _dispatch(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None) -> None:
+    def _dispatch(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None, retain: bool = False) -> None:
+        self.retained = bool(retain)  # the message being dispatched is a retained copy (callbacks may ask)
         pending: list[Awaitable[Any]] = []
         for pattern, (_, callback) in list(self._subscriptions.items()):
             if mqtt.topic_matches_sub(pattern, topic):

@@ -57,6 +57,8 @@ NOT_OPTIONS: dict[tuple[str, ...], str] = {
     ("ocpp", "host"): "the container listens on all its interfaces",
     ("ocpp", "port"): "the container always listens on 9000; the host port is set in the Network section",
     ("mqtt", "embedded_broker"): "the broker comes from the Supervisor (the Mosquitto broker app) or mqtt.host",
+    ("mqtt", "ocpp_topics"): "the app's ocpp/* topics are what Home Assistant uses; only a BEMcom drop-in turns them off",
+    ("bemcom", "drop_in"): "the app is configured by its options, never the BEMcom way (environment only)",
 }
 
 # The mqtt keys the Supervisor's services API can fill (same names in its answer).

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import paho.mqtt.client as mqtt
 import pytest
 from ocpp.v16 import call as ocpp_call
 
@@ -28,6 +27,7 @@ from ocpp_addon.hub import UPDATED
 from ocpp_addon.simulator import SimOptions, connect
 
 from .conftest import TIMEOUT, MqttProbe, Service, free_port
+from .test_bemcom_dropin import Mqtt5Probe
 
 CN = "ocpp-connector"
 MAP = f"{CN}/datapoint_map"
@@ -49,18 +49,6 @@ def info_logs(caplog: pytest.LogCaptureFixture) -> None:
     """INFO records reach the handlers (as with the CLI's logging setup), so cn/logs carries them."""
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.WARNING, logger="ocpp")
-
-
-class QosProbe(MqttProbe):
-    """A probe subscribed with QoS 2 that also records each message's QoS."""
-
-    def __init__(self, port: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.qos: list[tuple[str, int, bool]] = []
-        super().__init__(port, loop)
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.qos.append((msg.topic, msg.qos, bool(msg.retain)))
-        super()._on_message(client, userdata, msg)
 
 
 async def start(service_factory: Callable[..., Any], profile: dict[str, Any] | None = None, **bemcom_options: Any) -> Service:
@@ -231,17 +219,43 @@ def test_a_malformed_datapoint_map_is_refused(payload: bytes) -> None:
 
 
 def test_controller_rule() -> None:
+    """BEMcom's controller (services/controllers/python/source/code/controller.py, update_actuator_value)."""
     schedule = [PlanItem(None, 2000, 16.0), PlanItem(2000, None, 8.0)]
-    flexible = [PlanItem(None, None, 10.0, minimum=6.0, maximum=12.0)]
-    discrete = [PlanItem(None, None, 10.0, acceptable=(8.0, 10.0))]
+    flexible = [PlanItem(None, None, 10.0, minimum=6.0, maximum=12.0, continuous=True)]
+    discrete = [PlanItem(None, None, 10.0, acceptable=(8.0, 10.0), discrete=True)]
     rigid = [PlanItem(None, None, 10.0)]
     assert controller_value(None, schedule, 1000) == 16.0  # schedule only
     assert controller_value(rigid, None, 1000) == 10.0  # setpoint only: preferred_value
-    assert controller_value(flexible, schedule, 1000) == 10.0  # 16 is outside 6..12: preferred
-    assert controller_value(flexible, schedule, 3000) == 8.0  # 8 is acceptable: the schedule's
-    assert controller_value(discrete, schedule, 3000) == 8.0
     assert controller_value(rigid, schedule, 3000) == 10.0  # no flexibility: always preferred
     assert controller_value([PlanItem(5000, None, 4.0)], None, 1000) is None  # not yet valid
+    # Flexibility is judged on the control group's sensor value, not on the schedule's value:
+    assert controller_value(flexible, schedule, 1000, sensor=7.0) == 16.0  # sensor within 6..12: the schedule's
+    assert controller_value(flexible, schedule, 1000, sensor=13.0) == 10.0  # outside: preferred
+    assert controller_value(discrete, schedule, 3000, sensor=8.0) == 8.0
+    assert controller_value(discrete, schedule, 3000, sensor=9.0) == 10.0
+    # no sensor value (ours never has one): any flexibility lets the schedule through
+    assert controller_value(flexible, schedule, 1000) == 16.0
+    assert controller_value(discrete, schedule, 1000) == 16.0
+    # one-sided ranges
+    assert controller_value([PlanItem(None, None, 10.0, maximum=12.0, continuous=True)], schedule, 1000, sensor=5.0) == 16.0
+    assert controller_value([PlanItem(None, None, 10.0, minimum=6.0, continuous=True)], schedule, 1000, sensor=5.0) == 10.0
+
+
+@pytest.mark.parametrize("flexibility", [
+    {"min_value": None, "max_value": None},  # continuous, no bounds
+    {"acceptable_values": None},  # discrete, any value
+])
+def test_flexibility_present_but_null_lets_the_schedule_through(flexibility: dict[str, Any]) -> None:
+    """Issue 13: 5000 (preferred) was sent where BEMcom's controller sends the schedule's 9000."""
+    setpoint = bemcom.parse_plan("setpoint", json.dumps({"setpoint": [
+        {"from_timestamp": None, "to_timestamp": None, "preferred_value": 5000, **flexibility}], "timestamp": 1}).encode())
+    schedule = bemcom.parse_plan("schedule", json.dumps({"schedule": [
+        {"from_timestamp": None, "to_timestamp": None, "value": 9000}], "timestamp": 1}).encode())
+    assert controller_value(setpoint, schedule, 1000, sensor=20000.0) == 9000
+    assert controller_value(setpoint, schedule, 1000) == 9000
+    # only one of min_value/max_value is no continuous flexibility for BEMcom: preferred
+    half = bemcom.parse_plan("setpoint", b'{"setpoint": [{"from_timestamp": null, "to_timestamp": null, "preferred_value": 5000, "min_value": 1}]}')
+    assert controller_value(half, schedule, 1000) == 5000
 
 
 def test_limit_timeline_lists_each_change_and_keeps_the_last_value_through_gaps() -> None:
@@ -254,7 +268,7 @@ def test_limit_timeline_lists_each_change_and_keeps_the_last_value_through_gaps(
 def test_setpoint_and_schedule_messages_are_parsed_strictly() -> None:
     setpoint = json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": 1564489613491, "preferred_value": "19",
                                          "min_value": 6, "max_value": 32}], "timestamp": 1}).encode()
-    assert bemcom.parse_plan("setpoint", setpoint) == [PlanItem(None, 1564489613491, 19.0, 6.0, 32.0)]
+    assert bemcom.parse_plan("setpoint", setpoint) == [PlanItem(None, 1564489613491, 19.0, 6.0, 32.0, continuous=True)]
     assert bemcom.parse_plan("schedule", b'{"schedule": null, "timestamp": 1}') is None
     assert bemcom.parse_plan("schedule", b"") is None  # a retained message being deleted
     for bad in (b"x", b'{"setpoint": []}', b'{"schedule": [{"from_timestamp": "soon", "value": 1}]}',
@@ -470,7 +484,8 @@ async def test_trigger_unlock_and_composite_schedule_with_results_as_sensor_data
     assert (request["connectorId"], request["chargingRateUnit"]) == (1, "W")
     await probe.wait_json(f"{CN}/messages/4/value", lambda d: d["value"] == "Accepted")
     periods = await probe.wait_json(f"{CN}/messages/5/value")
-    assert periods["value"][0]["start_period"] == 0 and "limit" in periods["value"][0]
+    assert isinstance(periods["value"], str)  # a list as its JSON text: the BEMcom API stores float(value) or text
+    assert json.loads(periods["value"])[0]["start_period"] == 0 and "limit" in json.loads(periods["value"])[0]
     assert (await probe.wait_json(f"{CN}/messages/6/value"))["value"] == 600
 
 
@@ -538,22 +553,25 @@ async def test_a_malformed_datapoint_map_is_logged_and_the_previous_one_kept(ser
 
 
 async def test_topics_have_the_templates_qos_and_retain_flags(service_factory, broker) -> None:
-    watcher = QosProbe(broker.port, asyncio.get_running_loop())
+    """Watched with MQTT 5 retain-as-published: the retain flag is the one we published with, also on live
+    deliveries (over MQTT 3.1.1 a live delivery always says 0, so a wrong flag would pass unseen)."""
+    watcher = Mqtt5Probe(broker.port, asyncio.get_running_loop())
     await watcher.subscribe("#", qos=2)
     try:
         service = await start(service_factory, send_raw_message_to_db=True, heartbeat_interval=0.2)
         sim = await service.charger("wallbox-1")
         energy = f"{CN}/messages/1/value"
-        await install_map(watcher, {"wallbox-1__Energy.Active.Import.Register__Wh": energy}, {})
+        await install_map(watcher, {"wallbox-1__Energy.Active.Import.Register__Wh": energy}, {LIMIT_TOPIC: LIMIT_KEY})
         await sim.send_meter_values()
         await watcher.wait_for(energy)
         await watcher.wait_for(HEARTBEAT)
         await watcher.wait_for(RAW)  # QoS 2 deliveries take a round trip longer: they may come last
-        qos = {topic: {(q, r) for t, q, r in watcher.qos if t == topic} for topic in (RAW, AVAILABLE, LOGS, HEARTBEAT, energy)}
-        assert qos[RAW] == {(2, False)}
-        assert qos[AVAILABLE] == qos[LOGS] == qos[HEARTBEAT] == qos[energy] == {(0, False)}  # live deliveries
-        for topic in (AVAILABLE, LOGS, energy):  # kept by the broker for the BEMcom API
-            assert await retained_payload(watcher, topic)
+        flags = {topic: {(q, r) for t, q, r in watcher.flags if t == topic} for topic in (RAW, AVAILABLE, LOGS, HEARTBEAT, energy)}
+        assert flags[RAW] == {(2, False)} and flags[HEARTBEAT] == {(0, False)}
+        assert flags[AVAILABLE] == flags[LOGS] == flags[energy] == {(0, True)}  # kept by the broker for the BEMcom API
+        # what we subscribe with: the map at QoS 1, actuator values at QoS 2 (the template's)
+        subscriptions = service.app.mqtt._subscriptions
+        assert (subscriptions[MAP][0], subscriptions[LIMIT_TOPIC][0]) == (1, 2)
     finally:
         watcher.close()
 
@@ -669,7 +687,7 @@ async def test_a_removed_charger_leaves_the_available_datapoints(service_factory
 async def test_a_setpoint_sends_its_preferred_value_and_the_controller_rule_picks_schedule_values(
     service_factory, probe: MqttProbe
 ) -> None:
-    service = await start(service_factory)
+    service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
     base = LIMIT_TOPIC.removesuffix("value")
@@ -683,14 +701,14 @@ async def test_a_setpoint_sends_its_preferred_value_and_the_controller_rule_pick
     probe.publish(base + "schedule", json.dumps(schedule), retain=True, qos=2)  # within 6000..11000: the schedule's
     await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 7000)
     await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 7000)
-    schedule["schedule"][0]["value"] = 15000  # outside the setpoint's range: its preferred value
-    probe.publish(base + "schedule", json.dumps(schedule), retain=True, qos=2)
+    setpoint["setpoint"][0].pop("min_value")  # no flexibility left: the preferred value
+    probe.publish(base + "setpoint", json.dumps(setpoint), retain=True, qos=2)
     await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000 and limits(sim)[-1] == 9000)
     assert limits(sim) == [9000, 7000, 9000]
 
 
 async def test_a_schedule_becomes_one_profile_with_several_periods(service_factory, probe: MqttProbe) -> None:
-    service = await start(service_factory)
+    service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     status = f"{CN}/messages/9/value"
     await install_map(probe, {"wallbox-1__SetChargingProfile__status": status}, {LIMIT_TOPIC: LIMIT_KEY})
@@ -781,21 +799,23 @@ async def test_runs_from_the_bemcom_environment_variables_and_a_dotenv_file(brok
         draining = asyncio.create_task(drain(process.stderr, lines))
         sim, sim_task = await connect(f"ws://127.0.0.1:{ocpp_port}", "wallbox-1", SimOptions(meter_interval=0))
         await asyncio.wait_for(sim.booted.wait(), TIMEOUT)
-        available = await probe.wait_json(f"{cn}/available_datapoints", lambda d: "wallbox-1__StatusNotification__status" in d["sensor"])
-        assert available["actuator"] == {"wallbox-1__execute_send_charging_profile__": "0", "wallbox-1__execute_trigger_message__": "0"}
+        # started the BEMcom way: the original connector's keys, its 10 s OCPP heartbeat
+        available = await probe.wait_json(f"{cn}/available_datapoints", lambda d: "StatusNotification__status" in d["sensor"])
+        assert available["actuator"] == {"execute_send_charging_profile__": "0", "execute_trigger_message__": "0"}
+        assert sim.heartbeat_interval == 10
         beat = await probe.wait_json(f"{cn}/heartbeat")
         assert beat["next_heartbeats_timestamp"] - beat["this_heartbeats_timestamp"] == 30_000
         raw = await probe.wait_json(f"{cn}/raw_message_to_db", lambda d: d["payload"]["raw_message"][2] == "BootNotification")
         assert raw["connector_version"] == __version__
         mark = probe.mark()
         topic = f"{cn}/messages/1/value"
-        probe.publish(f"{cn}/datapoint_map", json.dumps({"sensor": {}, "actuator": {topic: "wallbox-1__execute_send_charging_profile__"}}),
+        probe.publish(f"{cn}/datapoint_map", json.dumps({"sensor": {}, "actuator": {topic: "execute_send_charging_profile__"}}),
                       retain=True, qos=2)
         await probe.wait_json(f"{cn}/logs", lambda d: "datapoint_map with 0 sensor and 1 actuator" in d["msg"], since=mark)
         probe.publish(topic, value_message(11000), qos=2)
         profile = (await sim.wait_for_call("SetChargingProfile"))["csChargingProfiles"]
         assert (profile["stackLevel"], profile["chargingSchedule"]["chargingRateUnit"], limit_of({"csChargingProfiles": profile})) == (5, "W", 11000)
-        assert not [t for t, _, _ in probe.messages if t.startswith("not-this-one/")]
+        assert not [t for t, _, _ in probe.messages if not t.startswith(f"{cn}/")]  # no ocpp/*, no discovery
     finally:
         if sim_task is not None:
             sim_task.cancel()
@@ -826,7 +846,7 @@ async def test_a_bad_bemcom_variable_stops_the_cli_with_a_clear_message(variable
 
 
 async def test_a_schedule_for_an_offline_charger_is_installed_when_it_is_back(service_factory, probe: MqttProbe) -> None:
-    service = await start(service_factory)
+    service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
     await sim._connection.close()
@@ -840,3 +860,115 @@ async def test_a_schedule_for_an_offline_charger_is_installed_when_it_is_back(se
     again = await service.charger("wallbox-1")
     periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
     assert [p["limit"] for p in periods] == [8000, 6000]
+
+
+# -- issue 13: what an existing BEMcom installation relies on ----------------------------------------
+
+
+async def test_a_repeated_actuator_value_is_executed_each_time(service_factory, probe: MqttProbe) -> None:
+    """The template executes every message: two identical TriggerMessage values are two requests."""
+    service = await start(service_factory)
+    sim = await service.charger("wallbox-1")
+    topic = f"{CN}/messages/21/value"
+    await install_map(probe, {}, {topic: "wallbox-1__execute_trigger_message__"})
+    message = value_message(3)
+    probe.publish(topic, message, qos=2)
+    probe.publish(topic, message, qos=2)  # the very same payload
+    await sim.wait_for_call("TriggerMessage")
+    mark = probe.mark()
+    probe.publish(topic, value_message(5), qos=2)  # the barrier: a different one after both
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("requested_message") == "StatusNotification", since=mark)
+    assert [p["requestedMessage"] for p in sim.calls("TriggerMessage")] == ["Heartbeat", "Heartbeat", "StatusNotification"]
+
+
+async def test_debug_level_sends_debug_records_to_the_logs_topic(service_factory, probe: MqttProbe, caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG=TRUE (log_level debug): the template publishes debug records on cn/logs too."""
+    caplog.set_level(logging.DEBUG, logger="ocpp_addon")
+    await service_factory(log_level="debug", bemcom={"enabled": True, "connector_name": CN})
+    await install_map(probe, {}, {})
+    logging.getLogger("ocpp_addon.bemcom").debug("debug marker %d", 7)
+    record = await probe.wait_json(LOGS, lambda d: d["msg"] == "debug marker 7")
+    assert record["level"] == logging.DEBUG and json.loads(await retained_payload(probe, LOGS))["level"] in (logging.DEBUG, logging.INFO)
+
+
+async def test_every_datapoint_value_is_one_the_bemcom_api_can_store(service_factory, probe: MqttProbe) -> None:
+    """The API saves float(value) if it can, else the text; float() of a list raises a TypeError it does not catch."""
+    service = await start(service_factory)
+    await service.charger("wallbox-1")
+    topic = f"{CN}/messages/20/value"
+    key = "wallbox-1__CompositeSchedule__charging_schedule__charging_schedule_period"
+    await install_map(probe, {key: f"{CN}/messages/5/value"}, {topic: "wallbox-1__execute_get_composite_schedule__", LIMIT_TOPIC: LIMIT_KEY})
+    probe.publish(LIMIT_TOPIC, value_message(11000), qos=2)  # a schedule to report
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 11000)
+    probe.publish(topic, value_message(600), qos=2)
+    periods = await probe.wait_json(f"{CN}/messages/5/value")
+    available = await probe.wait_json(AVAILABLE, lambda d: key in d["sensor"])
+
+    def storable(value: Any) -> bool:
+        if value is None or isinstance(value, (bool, str)):
+            return True
+        try:
+            float(value)
+        except TypeError:
+            return False
+        return True
+
+    assert storable(periods["value"]) and json.loads(periods["value"])[0]["start_period"] == 0
+    assert [k for k, v in available["sensor"].items() if not storable(v)] == []
+
+
+async def test_setpoints_and_schedules_are_left_to_bemcoms_controller_unless_asked_for(service_factory, probe: MqttProbe) -> None:
+    """Off by default: with a BEMcom controller present there would be two writers."""
+    service = await start(service_factory)
+    sim = await service.charger("wallbox-1")
+    trigger = f"{CN}/messages/21/value"
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, trigger: "wallbox-1__execute_trigger_message__"})
+    base = LIMIT_TOPIC.removesuffix("value")
+    now = int(time.time() * 1000)
+    probe.publish(base + "schedule", json.dumps({"schedule": [{"from_timestamp": None, "to_timestamp": None, "value": 9000}],
+                                                 "timestamp": now}), retain=True, qos=2)
+    probe.publish(base + "setpoint", json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": None,
+                                                               "preferred_value": 5000}], "timestamp": now}), retain=True, qos=2)
+    probe.publish(trigger, value_message(3), qos=2)  # a barrier: handled after both
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("requested_message") == "Heartbeat")
+    probe.publish(LIMIT_TOPIC, value_message(7000), qos=2)  # what a controller would send: the only writer
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 7000)
+    assert limits(sim) == [7000]
+
+
+async def test_applied_setpoints_follow_the_controller_rule_with_null_flexibility(service_factory, probe: MqttProbe) -> None:
+    """min_value/max_value present but null: BEMcom's controller sends the schedule's 9000, not the preferred 5000."""
+    service = await start(service_factory, apply_setpoints=True)
+    sim = await service.charger("wallbox-1")
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
+    base = LIMIT_TOPIC.removesuffix("value")
+    now = int(time.time() * 1000)
+    probe.publish(base + "setpoint", json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": None, "preferred_value": 5000,
+                                                               "min_value": None, "max_value": None}], "timestamp": now}), retain=True, qos=2)
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 5000)  # setpoint only: preferred_value
+    probe.publish(base + "schedule", json.dumps({"schedule": [{"from_timestamp": None, "to_timestamp": None, "value": 9000}],
+                                                 "timestamp": now}), retain=True, qos=2)
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000)
+    assert limits(sim) == [5000, 9000]
+
+
+async def test_the_controller_rule_judges_flexibility_on_the_configured_sensor(service_factory, probe: MqttProbe) -> None:
+    """As BEMcom's controller: the schedule's value while the sensor is within the setpoint's range, else preferred."""
+    service = await start(service_factory, apply_setpoints=True, controller_sensor="SoC__Percent")
+    sim = await service.charger("wallbox-1")
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY})
+    base = LIMIT_TOPIC.removesuffix("value")
+    now = int(time.time() * 1000)
+    probe.publish(base + "setpoint", json.dumps({"setpoint": [{"from_timestamp": None, "to_timestamp": None, "preferred_value": 5000,
+                                                               "min_value": 20, "max_value": 80}], "timestamp": now}), retain=True, qos=2)
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 5000)
+    probe.publish(base + "schedule", json.dumps({"schedule": [{"from_timestamp": None, "to_timestamp": None, "value": 9000}],
+                                                 "timestamp": now}), retain=True, qos=2)
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 9000)  # no sensor value yet: the schedule's
+    sim.options.soc = 90
+    await sim.send_meter_values()  # SoC 90 is outside 20..80: preferred
+    await sim.wait_for_call("SetChargingProfile", lambda p: limit_of(p) == 5000 and len(limits(sim)) == 3)
+    sim.options.soc = 50
+    await sim.send_meter_values()  # back within: the schedule's
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000 and len(limits(sim)) == 4)
+    assert limits(sim) == [5000, 9000, 5000, 9000]
