@@ -33,6 +33,7 @@ from ocpp_addon.simulator import SimOptions, connect
 
 from .conftest import TIMEOUT, MqttProbe
 from .test_addon import MANIFEST, FakeSupervisor, PasswordBroker, mqtt_service
+from .test_install import app_folder_files
 
 pytestmark = pytest.mark.image
 
@@ -88,43 +89,6 @@ def test_every_locked_dependency_has_a_musllinux_wheel_for_the_base_images_pytho
         wheels.setdefault(re.sub(r"[-_.]+", "_", name.lower()), set()).add(version)
     for name, version in locked_pins().items():
         assert version in wheels.get(name, set()), f"no {arch} wheel of {name}=={version} for CPython {python}"
-
-
-def test_build_yaml_gives_older_supervisors_the_same_python_base_for_each_arch() -> None:
-    """Supervisors before 2026.04 always pass BUILD_FROM: without build.yaml, the plain base (no Python)."""
-    build = yaml.safe_load((ROOT / "build.yaml").read_text(encoding="utf-8"))
-    default = re.search(r"^ARG BUILD_FROM=\S+/base-python:(\S+)$", DOCKERFILE, re.M).group(1)
-    assert set(build["build_from"]) == set(MANIFEST["arch"])
-    for arch, image in build["build_from"].items():
-        assert image == f"ghcr.io/home-assistant/{arch}-base-python:{default}"
-
-
-# -- the folder a user copies into /addons ------------------------------------------------------------------------
-
-
-def app_folder_files() -> list[str]:
-    """What a clone holds (tracked files, plus new ones not ignored): the folder a user copies to /addons."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True)
-    if listed.returncode != 0:
-        pytest.fail(f"the image test builds from the files of a git checkout; git ls-files failed: {listed.stderr}")
-    return [name for name in listed.stdout.splitlines() if (ROOT / name).is_file()]
-
-
-def test_the_folder_a_user_copies_holds_what_the_supervisor_needs() -> None:
-    files = set(app_folder_files())
-    # The Supervisor reads config.yaml (+ build.yaml when present) and builds the Dockerfile in this folder; the
-    # store shows icon.png/logo.png, README.md, DOCS.md (Documentation tab), CHANGELOG.md, translations/en.yaml.
-    needed = {"config.yaml", "build.yaml", "Dockerfile", "icon.png", "logo.png", "README.md", "DOCS.md",
-              "CHANGELOG.md", "translations/en.yaml", "apparmor.txt"}
-    assert needed <= files, f"missing from the app folder: {sorted(needed - files)}"
-    for source in re.findall(r"^COPY ((?:\S+ )+)\S+$", DOCKERFILE, re.M):
-        for name in source.split():
-            assert name in files or any(f.startswith(name.rstrip("/") + "/") for f in files), f"COPY {name}: not in the folder"
-    # .dockerignore keeps a developer's .venv or test data out of the build context, but not what COPY needs.
-    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-    for name in re.findall(r"^COPY ((?:\S+ )+)\S+$", DOCKERFILE, re.M)[0].split():
-        assert f"!{name}" in ignore or f"!{name.rstrip('/')}/" in ignore
 
 
 # -- build and run the image ----------------------------------------------------------------------------------------
