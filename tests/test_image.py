@@ -211,8 +211,9 @@ class Container:
                 raise AssertionError(f"no log line with {needle!r} within {timeout}s:\n{self.log}") from None
         line = found()
         if line is None:
-            raise AssertionError(f"the container exited ({self.proc.returncode if self.proc else '?'}) "
-                                 f"before logging {needle!r}:\n{self.log}")
+            assert self.proc is not None
+            code = await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+            raise AssertionError(f"the container exited ({code}) before logging {needle!r}:\n{self.log}")
         return line
 
     async def healthcheck(self) -> int:
