@@ -17,8 +17,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e "$SPEC"
+# pip's "Location 'file:///...' is ignored" lines (local index dirs in some machines' pip config) are noise.
+quiet_pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+quiet_pip install -q --upgrade pip >/dev/null
+quiet_pip install -q -e "$SPEC"
 if [ -f "$STAMP" ] && grep -q "^$HASH " "$STAMP"; then
   echo "$HASH $SPEC" >>"$STAMP"
 else

@@ -43,6 +43,9 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ocpp
 BASE_TAG = os.environ.get("OCPP_IMAGE_BASE", "localhost/ocpp-addon-base:bookworm")
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
 APP_PORT = 9000  # fixed in app mode (supervisor.NOT_OPTIONS) and in the HEALTHCHECK
+# The app reaches the Supervisor at its default, http://supervisor (port 80): the container resolves that
+# name to 127.0.0.1 (buildah from --add-host, as the Supervisor's network's DNS does), where the fake listens.
+SUPERVISOR_PORT = 80
 START_TIMEOUT = 60.0  # first start of a fresh container: Python compiles the package's bytecode
 # The Supervisor's arch names -> the machine names in musllinux wheel tags.
 WHEEL_MACHINE = {"amd64": "x86_64", "aarch64": "aarch64"}
@@ -111,13 +114,15 @@ def preflight() -> None:
         pytest.fail(f"buildah cannot run here (buildah info: {info.stderr.strip()[-800:]})")
     if buildah("inspect", "--type", "image", BASE_TAG, check=False).returncode != 0:
         pytest.fail(f"the stand-in base image {BASE_TAG} is missing: run 'bash scripts/image_base.sh' (scripts/test.sh does)")
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the app's server does: TIME_WAIT is no user
-        try:
-            sock.bind(("0.0.0.0", APP_PORT))
-        except OSError as err:
-            pytest.fail(f"port {APP_PORT} is taken ({err.strerror}); the app listens there, as in Home Assistant. "
-                        "Stop what uses it (e.g. scripts/run.sh) and run the image test again")
+    for port, who in ((APP_PORT, "the app listens there, as in Home Assistant"),
+                      (SUPERVISOR_PORT, "the fake Supervisor answers there, as http://supervisor does")):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no user
+            try:
+                sock.bind(("0.0.0.0" if port == APP_PORT else "127.0.0.1", port))
+            except OSError as err:
+                pytest.fail(f"port {port} is taken ({err.strerror}); {who}. "
+                            "Stop what uses it (e.g. scripts/run.sh) and run the image test again")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +171,7 @@ class Container:
 
     def __init__(self, image: dict[str, Any], data: Path, env: dict[str, str]) -> None:
         self.image, self.data, self.env = image, data, env
-        self.name = buildah("from", "--quiet", image["tag"]).stdout.strip()
+        self.name = buildah("from", "--quiet", "--add-host", "supervisor:127.0.0.1", image["tag"]).stdout.strip()
         self.lines: list[str] = []
         self._changed = asyncio.Condition()
         self._eof = False
@@ -309,12 +314,12 @@ async def test_the_image_runs_under_a_supervisor_healthcheck_passes_sigterm_is_c
     broker = PasswordBroker(tmp_path / "broker", "addons", "Pw-from-the-Supervisor-7")
     broker.start()
     loop = asyncio.get_running_loop()
-    fake = FakeSupervisor(loop, mqtt_service(broker.app_port, broker.username, broker.password))
+    fake = FakeSupervisor(loop, mqtt_service(broker.app_port, broker.username, broker.password), port=SUPERVISOR_PORT)
     probe = MqttProbe(broker.probe_port, loop)
     data = tmp_path / "data"  # the app's /data: what the Supervisor writes before the first start
     data.mkdir()
     (data / "options.json").write_text(json.dumps(MANIFEST["options"]), encoding="utf-8")
-    env = {"SUPERVISOR_TOKEN": "test-token", "SUPERVISOR_URL": fake.url}
+    env = {"SUPERVISOR_TOKEN": "test-token"}  # what the Supervisor sets; the URL is the app's default
     url = f"ws://127.0.0.1:{APP_PORT}"
     try:
         await probe.subscribe("#")
