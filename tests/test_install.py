@@ -58,8 +58,9 @@ def test_the_folder_a_user_copies_holds_what_the_supervisor_needs() -> None:
             assert name in files or any(f.startswith(name.rstrip("/") + "/") for f in files), f"COPY {name}: not in the folder"
     # .dockerignore keeps a developer's .venv or test data out of the build context, but not what COPY needs.
     ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-    for name in re.findall(r"^COPY ((?:\S+ )+)\S+$", DOCKERFILE, re.M)[0].split():
-        assert f"!{name}" in ignore or f"!{name.rstrip('/')}/" in ignore
+    for sources in re.findall(r"^COPY ((?:\S+ )+)\S+$", DOCKERFILE, re.M):
+        for name in sources.split():
+            assert f"!{name}" in ignore or f"!{name.rstrip('/')}/" in ignore, f".dockerignore leaves out COPY {name}"
 
 
 
