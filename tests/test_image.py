@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
-import yaml
 
 from ocpp_addon.simulator import SimOptions, connect
 
@@ -347,6 +346,8 @@ async def test_the_image_runs_under_a_supervisor_healthcheck_passes_sigterm_is_c
         mark = probe.mark()
         assert await app.stop(_grace_seconds(image)) == 0, app.log
         await probe.wait_for("ocpp/bridge/state", lambda p: p == b"offline", since=mark)
+        saved = json.loads((data / "state.json").read_text(encoding="utf-8"))["chargers"]["wallbox-1"]
+        assert saved["requested_limit"] == 10  # in /data, which outlives the container
         assert await app.healthcheck() != 0, "the HEALTHCHECK passes with the app stopped: it checks nothing"
         await app.remove()
 
