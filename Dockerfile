@@ -1,5 +1,7 @@
 # The Home Assistant app (add-on) image. The Supervisor builds it on install; BUILD_FROM is the
-# Home Assistant Python base image (Alpine, s6-overlay v3 as /init, bashio).
+# Home Assistant Python base image (Alpine, s6-overlay v3 as /init, bashio). Supervisors before 2026.04
+# take it from build.yaml instead (keep both on the same tag). The Supervisor adds io.hass.url from
+# config.yaml's url. tests/test_image.py builds and runs this file unchanged.
 ARG BUILD_FROM=ghcr.io/home-assistant/base-python:3.13-alpine3.23
 FROM ${BUILD_FROM}
 
@@ -10,10 +12,8 @@ LABEL \
     io.hass.version="${BUILD_VERSION}" \
     io.hass.type="app" \
     io.hass.arch="aarch64|amd64" \
-    io.hass.url="https://github.com/OWNER/ocpp_addon" \
     org.opencontainers.image.title="OCPP Central System" \
     org.opencontainers.image.version="${BUILD_VERSION}" \
-    org.opencontainers.image.source="https://github.com/OWNER/ocpp_addon" \
     org.opencontainers.image.licenses="MIT"
 
 # The package plus its dependencies at the versions the test suite ran with (requirements.lock).

@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Make sure Debian's mosquitto broker is installed (the tests and the embedded quick-start broker use it).
+# Make sure Debian's mosquitto broker (the tests and the embedded quick-start broker use it) and
+# mosquitto-clients (mosquitto_pub/mosquitto_sub, used by the README's demo) are installed.
 set -euo pipefail
-if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
+packages=()
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  packages+=(mosquitto)
+fi
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+  packages+=(mosquitto-clients)
+fi
+if [ "${#packages[@]}" -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
-  echo "mosquitto is missing; install it with: apt-get install -y mosquitto" >&2
+  echo "${packages[*]} missing; install with: apt-get install -y ${packages[*]}" >&2
   exit 1
 fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-echo "installing mosquitto (Debian package)..." >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+echo "installing ${packages[*]} (Debian packages)..." >&2
+# Another apt-get (a parallel setup) may hold the dpkg lock for a while: wait for it instead of failing.
+$SUDO apt-get update -qq -o DPkg::Lock::Timeout=600
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends \
+  "${packages[@]}" >/dev/null
 # The package enables a system-wide broker on :1883; we start our own where needed.
-(command -v systemctl >/dev/null 2>&1 && $SUDO systemctl disable --now mosquitto >/dev/null 2>&1) || true
+if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
+  (command -v systemctl >/dev/null 2>&1 && $SUDO systemctl disable --now mosquitto >/dev/null 2>&1) || true
+fi

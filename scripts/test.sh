@@ -1,7 +1,32 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite: bash scripts/test.sh [pytest args]
-set -euo pipefail
+# Set up everything the tests need, then run the whole suite: bash scripts/test.sh [pytest args]
+# Steps (each cached, each timed): mosquitto (Debian), .venv with the package and test deps, the Home
+# Assistant venv for the ha_e2e tests, buildah and the stand-in base image for the image test. A step that
+# fails does not stop the run: the tests that need it fail and say why.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/ensure-mosquitto.sh
-bash scripts/venv.sh '.[test]'
+
+step() {  # step NAME COMMAND...: run it, print its wall time
+    local name=$1 start status took
+    shift
+    start=$EPOCHREALTIME
+    "$@" >&2
+    status=$?
+    took=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+    if [ "$status" -eq 0 ]; then
+        printf 'setup: %-10s %6s s\n' "$name" "$took" >&2
+    else
+        printf 'setup: %-10s %6s s  FAILED (exit %d): the tests that need it will fail\n' "$name" "$took" "$status" >&2
+    fi
+    return 0
+}
+
+step mosquitto bash scripts/ensure-mosquitto.sh
+step venv bash scripts/venv.sh '.[test]'
+step ha-venv bash scripts/ha_venv.sh
+step image-base bash scripts/image_base.sh
+if [ ! -x .venv/bin/python ]; then
+    echo "test: .venv could not be made; see the venv step above" >&2
+    exit 1
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -472,7 +472,7 @@ def test_tls_files_are_relative_to_ssl_and_bad_options_name_the_file(tmp_path: P
 class FakeSupervisor:
     """``GET /services/mqtt`` like the Supervisor's, from a thread; the reply can change while it runs."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reply: tuple[int, dict[str, Any]]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, reply: tuple[int, dict[str, Any]], port: int = 0) -> None:
         self.reply = reply
         self.requests: list[dict[str, str | None]] = []
         self.arrived = asyncio.Event()
@@ -494,7 +494,7 @@ class FakeSupervisor:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
