@@ -2,9 +2,11 @@
 """Render Home Assistant's default dashboard with a simulated charger on it: docs/dashboard.png.
 
     .venv/bin/python scripts/dashboard.py [--out docs/dashboard.png] [--width 1400] [--height 1000] [--no-fit]
+                                          [--release VERSION]
 
 The same setup as tests/e2e/test_ha_ocpp.py, plus HA's frontend: a throw-away mosquitto and a real Home
-Assistant core (the venv from scripts/ha_venv.sh), both on 127.0.0.1; our service in-process with one
+Assistant core (by default the release users run today, HA_CURRENT in scripts/ha_venv.sh, which sets it
+up), both on 127.0.0.1; our service in-process with one
 simulated charger sending meter values; a charging limit of 16 A set through HA (number.set_value).
 Then headless Chromium (Debian's ``chromium``; ``apt-get install -y chromium``) opens the Overview
 dashboard as the logged-in owner and takes the screenshot; the window grows taller when the charger's
@@ -39,7 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import websockets  # noqa: E402
 
 from tests.conftest import Service, make_config  # noqa: E402
-from tests.e2e.ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, free_port  # noqa: E402
+from tests.e2e.ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, current_release, free_port  # noqa: E402
 
 CHARGER = "wallbox-1"
 CHARGER_OPTIONS = {"vendor": "ACME", "model": "Wallbox 22", "firmware": "2.3.4", "serial": "ACME-0001", "meter_interval": 5.0}
@@ -222,11 +224,11 @@ def tidy_up_owner(ha: HomeAssistant) -> None:
         ha.ws("person/delete", person_id=person["id"])
 
 
-async def run(out: Path, width: int, height: int, fit: bool) -> None:
+async def run(out: Path, width: int, height: int, fit: bool, release: str) -> None:
     t0 = time.monotonic()
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="dashboard-ocpp-") as data:
         # The harness's minimal config plus the UI; HA's MQTT debug log is not needed here.
-        ha = HomeAssistant(extra_config="frontend:\n", log_levels={})
+        ha = HomeAssistant(release=release, extra_config="frontend:\n", log_levels={})
         try:
             await asyncio.to_thread(ha.start)
             log(f"Home Assistant {ha.version} running at {ha.base_url} ({ha.startup_seconds[-1]:.1f} s)")
@@ -266,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000, help="window height (grown to fit the cards unless --no-fit)")
     parser.add_argument("--no-fit", dest="fit", action="store_false", help="keep the window height even if cards are cut off")
+    parser.add_argument("--release", default=current_release(), help="Home Assistant release (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     logging.getLogger("ocpp_addon").setLevel(logging.INFO)
-    asyncio.run(run(args.out, args.width, args.height, args.fit))
+    asyncio.run(run(args.out, args.width, args.height, args.fit, args.release))
     return 0
 
 
