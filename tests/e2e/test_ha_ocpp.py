@@ -483,3 +483,11 @@ async def test_home_assistant_logged_nothing_about_our_discovery(rig: Rig, e2e_r
     for line in other:
         e2e_report.append(f"test_ha_ocpp: HA warned (not about MQTT or our devices): {line.splitlines()[0][:300]}")
     assert ours == [], "HA complained about our MQTT discovery:\n" + "\n".join(ours)
+    # Deprecations (e.g. of a discovery option) also become repair issues, shown to users under Settings.
+    issues = (await rig.ha.ws("repairs/list_issues"))["issues"]
+    about_us = [i for i in issues if i["domain"] == "mqtt" or re.search(r"ocpp|wallbox", json.dumps(i), re.I)]
+    for issue in issues:
+        if issue not in about_us:
+            e2e_report.append(f"test_ha_ocpp (Home Assistant {rig.ha.version}): repair issue not about us: "
+                              f"{issue['domain']}/{issue['issue_id']} {issue.get('translation_placeholders') or ''}")
+    assert about_us == [], f"HA raised repair issues about MQTT or our devices: {about_us}"
