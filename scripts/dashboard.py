@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import websockets  # noqa: E402
 
 from tests.conftest import Service, make_config  # noqa: E402
-from tests.e2e.ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, current_release, free_port  # noqa: E402
+from tests.e2e.ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, current_release, free_port, version_tuple  # noqa: E402
 
 CHARGER = "wallbox-1"
 CHARGER_OPTIONS = {"vendor": "ACME", "model": "Wallbox 22", "firmware": "2.3.4", "serial": "ACME-0001", "meter_interval": 5.0}
@@ -143,7 +143,8 @@ def _http_json(url: str, timeout: float = 2) -> Any:
 
 
 async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_show: list[str],
-                               fit: bool = True, timeout: float = 90) -> bytes:
+                               fit: bool = True, timeout: float = 90, path: str = "/lovelace/0",
+                               need_slider: bool = True) -> bytes:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found: install Debian's package with `apt-get install -y chromium`")
@@ -179,7 +180,7 @@ async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_
             }
             await cdp.evaluate(f"localStorage.setItem('hassTokens', {json.dumps(json.dumps(tokens))}); 'ok'")
             # 2. The default dashboard (Overview), as the logged-in owner sees it.
-            await cdp("Page.navigate", url=f"{ha.base_url}/lovelace/0")
+            await cdp("Page.navigate", url=f"{ha.base_url}{path}")
             deadline = time.monotonic() + timeout
             while True:
                 page = json.loads(await cdp.evaluate(PAGE_PROBE_JS))
@@ -187,7 +188,7 @@ async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_
                     raise RuntimeError(f"the frontend shows its login page ({page['url']}): the token was not accepted")
                 missing = [t for t in must_show if t not in page["text"]]
                 has_slider = "ha-slider" in page["tags"] or "ha-control-slider" in page["tags"]
-                if not missing and has_slider:
+                if not missing and (has_slider or not need_slider):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the dashboard never showed {missing} (slider: {has_slider}); at {page['url']}: "
@@ -214,6 +215,23 @@ async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_
 
 # --------------------------------------------------------------------------------------------------
 # the setup
+
+
+ENTITY_DASHBOARD = "ocpp-chargers"
+
+
+def entity_dashboard_path(ha: HomeAssistant) -> str:
+    """A dashboard of every device's entities in cards: where the picture is taken.
+
+    Up to 2025.x the default dashboard (Overview) showed exactly that by itself (the ``original-states``
+    strategy). 2026.x opens on a summary of areas that lists no entities, so the script adds a dashboard
+    with that strategy, as a user does with "Add dashboard" and the entity overview."""
+    if version_tuple(ha.version) < (2025, 12):
+        return "/lovelace/0"
+    ha.ws("lovelace/dashboards/create", url_path=ENTITY_DASHBOARD, title="Chargers", icon="mdi:ev-station",
+          mode="storage", show_in_sidebar=True, require_admin=False)
+    ha.ws("lovelace/config/save", url_path=ENTITY_DASHBOARD, config={"strategy": {"type": "original-states"}})
+    return f"/{ENTITY_DASHBOARD}/0"
 
 
 def tidy_up_owner(ha: HomeAssistant) -> None:
@@ -252,7 +270,9 @@ async def run(out: Path, width: int, height: int, fit: bool, release: str) -> No
                                          and abs(float(s["state"]) - sim.power()) < 1, 30)
                 log(f"{CHARGER}: limit {LIMIT} A accepted, {sim.power():.0f} W; rendering the dashboard")
                 await asyncio.to_thread(tidy_up_owner, ha)
-                png = await screenshot_dashboard(ha, width, height, [CHARGER, "Charging limit", "Power", "Energy"], fit)
+                path = await asyncio.to_thread(entity_dashboard_path, ha)
+                png = await screenshot_dashboard(ha, width, height, [CHARGER, "Charging limit", "Power", "Energy"], fit,
+                                                 path=path)
             finally:
                 await service.stop()
         finally:
