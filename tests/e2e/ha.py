@@ -343,6 +343,7 @@ class HomeAssistant:
             self._onboard()
             self._poll(lambda: (self.get("/api/config") or {}).get("state") == "RUNNING", deadline,
                        "HA to reach state RUNNING")
+            self._confirm_http_config()
         except BaseException:
             self.stop()
             raise
@@ -453,6 +454,25 @@ class HomeAssistant:
         # A long-lived token survives restarts (it is stored in .storage/auth with its refresh token).
         self.token = self.ws("auth/long_lived_access_token", client_name="ocpp_addon e2e", lifespan=30)
         self._token_file.write_text(self.token)
+
+    def http_config(self) -> dict[str, Any] | None:
+        """http/config (2026.x: the stored HTTP server settings), or None on releases without it."""
+        try:
+            return self.ws("http/config")
+        except HomeAssistantError as err:
+            if "unknown_command" in str(err):
+                return None
+            raise
+
+    def _confirm_http_config(self) -> None:
+        """Confirm our loopback-only HTTP settings where HA asks for it.
+
+        From 2026.x on HA moves ``http:`` from configuration.yaml into storage as a trial that, unless
+        confirmed within 5 minutes, is reverted with a restart to the defaults (port 8123 on every
+        interface). A user confirms it in the UI; we do it over the websocket API."""
+        config = self.http_config()
+        if config and config.get("pending") and not config["pending"].get("error"):
+            self.ws("http/config/promote")
 
     # ---- REST ------------------------------------------------------------------------------------
 

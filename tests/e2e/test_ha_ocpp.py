@@ -337,6 +337,7 @@ IDS_USERS_SEE = {
     "charging": "switch.wallbox_1_charging",
     "power": "sensor.wallbox_1_power",
     "energy": "sensor.wallbox_1_energy",
+    "soc": "sensor.wallbox_1_soc",
     "reset": "button.wallbox_1_reset",
 }
 
