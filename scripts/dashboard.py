@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Render Home Assistant's default dashboard with a simulated charger on it: docs/dashboard.png.
+"""Render Home Assistant's entity overview with a simulated charger on it: docs/dashboard.png.
 
     .venv/bin/python scripts/dashboard.py [--out docs/dashboard.png] [--width 1400] [--height 1000] [--no-fit]
                                           [--release VERSION]
 
 The same setup as tests/e2e/test_ha_ocpp.py, plus HA's frontend: a throw-away mosquitto and a real Home
 Assistant core (by default the release users run today, HA_CURRENT in scripts/ha_venv.sh, which sets it
-up), both on 127.0.0.1; our service in-process with one
-simulated charger sending meter values; a charging limit of 16 A set through HA (number.set_value).
-Then headless Chromium (Debian's ``chromium``; ``apt-get install -y chromium``) opens the Overview
-dashboard as the logged-in owner and takes the screenshot; the window grows taller when the charger's
+up), both on 127.0.0.1; our service in-process with one simulated charger sending meter values; a
+charging limit of 16 A set through HA (number.set_value). Then headless Chromium (Debian's ``chromium``;
+``apt-get install -y chromium``) opens the entity overview (the default dashboard up to 2025.x; on 2026.x,
+whose default is an area summary, an added "Chargers" dashboard of the same kind) as the logged-in owner
+and takes the screenshot; the window grows taller when the charger's
 card would be cut off (--no-fit keeps it). For the picture the harness's owner is renamed "Home owner"
 and its person entity (no device tracker, always "Unknown") is removed.
 

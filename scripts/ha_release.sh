@@ -94,19 +94,21 @@ pick_host_python() {  # prints the newest host CPython whose pip would install h
         echo "$best"
         return 0
     fi
-    log "Python $best_v ($best) is too old for homeassistant==$VERSION"
+    log "pip on Python $best_v ($best) will not install homeassistant==$VERSION (its Requires-Python is higher)"
     return 1
 }
 
-install_release() {  # $1 = how to run the venv's python (a command prefix), $2 = venv path as it sees it
-    local -a run=($1)
-    local venv="$2"
+install_release() {  # $1 = the venv's path as the command sees it, then how to run a command there (or nothing)
+    local venv="$1"
+    shift
+    local -a run=("$@")
     quiet "${run[@]}" "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --quiet \
         "homeassistant==$VERSION"
     local reqs constraints
+    # shellcheck disable=SC2086  # one argument per integration
     reqs="$("${run[@]}" "$venv/bin/python" - $HA_INTEGRATIONS <"$HERE/ha_requirements.py")"
     constraints="$("${run[@]}" "$venv/bin/python" -c 'import homeassistant, pathlib; print(pathlib.Path(homeassistant.__file__).parent / "package_constraints.txt")')"
-    log "integration requirements: $(echo $reqs)"
+    log "integration requirements: ${reqs//$'\n'/ }"
     if [[ -n "$reqs" ]]; then
         # shellcheck disable=SC2086
         quiet "${run[@]}" "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --quiet \
@@ -120,12 +122,13 @@ if PYTHON="$(pick_host_python)"; then
     log "using $("$PYTHON" -V) at $PYTHON"
     rm -rf "$DIR/venv"
     "$PYTHON" -m venv "$DIR/venv"
-    install_release "" "$DIR/venv"
+    install_release "$DIR/venv"
     pyver="$("$DIR/venv/bin/python" -c 'import platform; print(platform.python_version())')"
     printf '{"version": "%s", "kind": "venv", "hass": "%s", "python": "%s"}\n' \
         "$VERSION" "$DIR/venv/bin/hass" "$pyver" >"$DESCRIPTOR.tmp"
 else
     # ---- way 2: a venv in a Debian unstable root --------------------------------------------------------
+    # shellcheck disable=SC2016  # $0 and $@ belong to the inner sh
     in_root() {  # run a command inside the root: /dev and /proc mounted in a private mount namespace
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
             PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-180}" \
@@ -172,7 +175,7 @@ else
     log "using $(in_root python3 -V) in $ROOT"
     in_root rm -rf "/opt/ha-$VERSION"
     in_root python3 -m venv "/opt/ha-$VERSION"
-    install_release "in_root" "/opt/ha-$VERSION"
+    install_release "/opt/ha-$VERSION" in_root
     pyver="$(in_root "/opt/ha-$VERSION/bin/python" -c 'import platform; print(platform.python_version())')"
     printf '{"version": "%s", "kind": "chroot", "root": "%s", "hass": "%s", "python": "%s"}\n' \
         "$VERSION" "$ROOT" "/opt/ha-$VERSION/bin/hass" "$pyver" >"$DESCRIPTOR.tmp"
