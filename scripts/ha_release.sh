@@ -40,6 +40,12 @@ STAMP_WANT="homeassistant==$VERSION integrations=$HA_INTEGRATIONS"
 
 log() { echo "ha_release[$VERSION]: $*" >&2; }
 
+# One setup of a release at a time (CI and developers on one machine share the cache); a second one
+# waits, then finds it done.
+mkdir -p "$CACHE"
+exec 8>"$CACHE/.ha-$VERSION.lock"
+flock 8
+
 # ---- already there? -------------------------------------------------------------------------------
 # The descriptor records what was installed; the release still has to import (a cache can be pruned).
 descriptor_ok() {
@@ -138,7 +144,6 @@ else
             "$ROOT" "$@"
     }
     # One release at a time in the root (scripts/ha_venv.sh sets releases up in parallel).
-    mkdir -p "$CACHE"
     exec 9>"$CACHE/.debian-$DEBIAN_SUITE.lock"
     flock 9
     if [[ "$(cat "$ROOT/.ocpp_addon_root_ok" 2>/dev/null)" != "$DEBIAN_PACKAGES" ]]; then
