@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Render Home Assistant's default dashboard with a simulated charger on it: docs/dashboard.png.
+"""Render Home Assistant's entity overview with a simulated charger on it: docs/dashboard.png.
 
     .venv/bin/python scripts/dashboard.py [--out docs/dashboard.png] [--width 1400] [--height 1000] [--no-fit]
+                                          [--release VERSION]
 
 The same setup as tests/e2e/test_ha_ocpp.py, plus HA's frontend: a throw-away mosquitto and a real Home
-Assistant core (the venv from scripts/ha_venv.sh), both on 127.0.0.1; our service in-process with one
-simulated charger sending meter values; a charging limit of 16 A set through HA (number.set_value).
-Then headless Chromium (Debian's ``chromium``; ``apt-get install -y chromium``) opens the Overview
-dashboard as the logged-in owner and takes the screenshot; the window grows taller when the charger's
+Assistant core (by default the release users run today, HA_CURRENT in scripts/ha_venv.sh, which sets it
+up), both on 127.0.0.1; our service in-process with one simulated charger sending meter values; a
+charging limit of 16 A set through HA (number.set_value). Then headless Chromium (Debian's ``chromium``;
+``apt-get install -y chromium``) opens the entity overview (the default dashboard up to 2025.x; on 2026.x,
+whose default is an area summary, an added "Chargers" dashboard of the same kind) as the logged-in owner
+and takes the screenshot; the window grows taller when the charger's
 card would be cut off (--no-fit keeps it). For the picture the harness's owner is renamed "Home owner"
 and its person entity (no device tracker, always "Unknown") is removed.
 
@@ -39,7 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import websockets  # noqa: E402
 
 from tests.conftest import Service, make_config  # noqa: E402
-from tests.e2e.ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, free_port  # noqa: E402
+from tests.e2e.ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, current_release, free_port, version_tuple  # noqa: E402
 
 CHARGER = "wallbox-1"
 CHARGER_OPTIONS = {"vendor": "ACME", "model": "Wallbox 22", "firmware": "2.3.4", "serial": "ACME-0001", "meter_interval": 5.0}
@@ -141,7 +144,8 @@ def _http_json(url: str, timeout: float = 2) -> Any:
 
 
 async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_show: list[str],
-                               fit: bool = True, timeout: float = 90) -> bytes:
+                               fit: bool = True, timeout: float = 90, path: str = "/lovelace/0",
+                               need_slider: bool = True) -> bytes:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found: install Debian's package with `apt-get install -y chromium`")
@@ -177,7 +181,7 @@ async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_
             }
             await cdp.evaluate(f"localStorage.setItem('hassTokens', {json.dumps(json.dumps(tokens))}); 'ok'")
             # 2. The default dashboard (Overview), as the logged-in owner sees it.
-            await cdp("Page.navigate", url=f"{ha.base_url}/lovelace/0")
+            await cdp("Page.navigate", url=f"{ha.base_url}{path}")
             deadline = time.monotonic() + timeout
             while True:
                 page = json.loads(await cdp.evaluate(PAGE_PROBE_JS))
@@ -185,7 +189,7 @@ async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_
                     raise RuntimeError(f"the frontend shows its login page ({page['url']}): the token was not accepted")
                 missing = [t for t in must_show if t not in page["text"]]
                 has_slider = "ha-slider" in page["tags"] or "ha-control-slider" in page["tags"]
-                if not missing and has_slider:
+                if not missing and (has_slider or not need_slider):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the dashboard never showed {missing} (slider: {has_slider}); at {page['url']}: "
@@ -214,6 +218,23 @@ async def screenshot_dashboard(ha: HomeAssistant, width: int, height: int, must_
 # the setup
 
 
+ENTITY_DASHBOARD = "ocpp-chargers"
+
+
+def entity_dashboard_path(ha: HomeAssistant) -> str:
+    """A dashboard of every device's entities in cards: where the picture is taken.
+
+    Up to 2025.x the default dashboard (Overview) showed exactly that by itself (the ``original-states``
+    strategy). 2026.x opens on a summary of areas that lists no entities, so the script adds a dashboard
+    with that strategy, as a user does with "Add dashboard" and the entity overview."""
+    if version_tuple(ha.version) < (2025, 12):
+        return "/lovelace/0"
+    ha.ws("lovelace/dashboards/create", url_path=ENTITY_DASHBOARD, title="Chargers", icon="mdi:ev-station",
+          mode="storage", show_in_sidebar=True, require_admin=False)
+    ha.ws("lovelace/config/save", url_path=ENTITY_DASHBOARD, config={"strategy": {"type": "original-states"}})
+    return f"/{ENTITY_DASHBOARD}/0"
+
+
 def tidy_up_owner(ha: HomeAssistant) -> None:
     """The harness's owner: a friendlier name, and no person card (no device tracker: always 'Unknown')."""
     user = ha.ws("auth/current_user")
@@ -222,11 +243,11 @@ def tidy_up_owner(ha: HomeAssistant) -> None:
         ha.ws("person/delete", person_id=person["id"])
 
 
-async def run(out: Path, width: int, height: int, fit: bool) -> None:
+async def run(out: Path, width: int, height: int, fit: bool, release: str) -> None:
     t0 = time.monotonic()
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="dashboard-ocpp-") as data:
         # The harness's minimal config plus the UI; HA's MQTT debug log is not needed here.
-        ha = HomeAssistant(extra_config="frontend:\n", log_levels={})
+        ha = HomeAssistant(release=release, extra_config="frontend:\n", log_levels={})
         try:
             await asyncio.to_thread(ha.start)
             log(f"Home Assistant {ha.version} running at {ha.base_url} ({ha.startup_seconds[-1]:.1f} s)")
@@ -250,7 +271,9 @@ async def run(out: Path, width: int, height: int, fit: bool) -> None:
                                          and abs(float(s["state"]) - sim.power()) < 1, 30)
                 log(f"{CHARGER}: limit {LIMIT} A accepted, {sim.power():.0f} W; rendering the dashboard")
                 await asyncio.to_thread(tidy_up_owner, ha)
-                png = await screenshot_dashboard(ha, width, height, [CHARGER, "Charging limit", "Power", "Energy"], fit)
+                path = await asyncio.to_thread(entity_dashboard_path, ha)
+                png = await screenshot_dashboard(ha, width, height, [CHARGER, "Charging limit", "Power", "Energy"], fit,
+                                                 path=path)
             finally:
                 await service.stop()
         finally:
@@ -266,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000, help="window height (grown to fit the cards unless --no-fit)")
     parser.add_argument("--no-fit", dest="fit", action="store_false", help="keep the window height even if cards are cut off")
+    parser.add_argument("--release", default=current_release(), help="Home Assistant release (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     logging.getLogger("ocpp_addon").setLevel(logging.INFO)
-    asyncio.run(run(args.out, args.width, args.height, args.fit))
+    asyncio.run(run(args.out, args.width, args.height, args.fit, args.release))
     return 0
 
 

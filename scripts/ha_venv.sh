@@ -1,151 +1,58 @@
 #!/usr/bin/env bash
-# Build (or reuse) a cached virtualenv holding a real Home Assistant core for the end-to-end tests.
+# Set up (or reuse) every Home Assistant release the end-to-end tests run against: the one entry point.
 #
-#   scripts/ha_venv.sh [VENV_DIR]
+#   scripts/ha_venv.sh            # all of them (cached: a second run takes seconds)
+#   OCPP_HA_RELEASES="2026.11.0" scripts/ha_venv.sh   # only these
 #
-# VENV_DIR defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/ocpp_addon/ha-venv (or $OCPP_HA_VENV when set).
-# Home Assistant needs Python >= 3.13 while the project itself runs on 3.11, so this script looks for a
-# separate interpreter: $HA_PYTHON, python3.13/python3.14 on PATH, pyenv's versions, /usr/bin, /usr/local/bin.
+# The releases:
+# - HA_CURRENT below: the release users run today. Following a new release is this one line.
+# - the oldest release the add-on declares it supports: `homeassistant:` in config.yaml.
+# tests/e2e/ha.py reads the same two places, so the tests run against exactly what is set up here.
 #
-# The pin: homeassistant 2025.4.4 is the newest release whose Requires-Python (>=3.13.0) admits the
-# CPython 3.13.0 these machines carry through pyenv; 2025.5.0 and later require >=3.13.2.
-# Besides the core it installs the exact requirements listed by the manifests of the integrations an
-# MQTT-only config loads (mqtt, frontend and their `dependencies`, transitively), under HA's own
-# package_constraints.txt, so `hass --skip-pip` starts without reaching for pip at run time.
-#
-# Idempotent: a venv whose stamp file records this exact pin (and whose hass still imports) is left alone.
-# The last line printed is always the venv path.
-set -euo pipefail
+# Each release is set up by scripts/ha_release.sh into $OCPP_HA_CACHE (default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/ocpp_addon)/ha-VERSION/: a venv on this machine's Python where the
+# release admits it, else a venv in a Debian unstable root (Home Assistant 2026.4+ needs Python >= 3.14.2).
+# A release that cannot be set up does not stop the others; the exit status is then 1 and its e2e
+# tests fail quoting ha-VERSION/setup.log. Prints one descriptor path (ha.json) per release set up.
+set -uo pipefail
 
-HA_VERSION="2025.4.4"
-HA_MIN_PYTHON="3.13.0"   # Requires-Python of homeassistant==2025.4.4
-# Integrations whose manifest requirements (and whose dependencies' requirements) we install.
-# Bootstrap's always-loaded integrations (CORE_INTEGRATIONS, DEFAULT_INTEGRATIONS) are added by the
-# resolver below; isal only makes aiohttp's compression fast and silences a startup warning.
-HA_INTEGRATIONS="${HA_INTEGRATIONS:-mqtt frontend isal}"
+HA_CURRENT="2026.11.0"
 
-VENV_DIR="${1:-${OCPP_HA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ocpp_addon/ha-venv}}"
-STAMP="$VENV_DIR/.ocpp_addon_ha_stamp"
-WANT_STAMP="homeassistant==$HA_VERSION integrations=$HA_INTEGRATIONS"
-
-log() { echo "ha_venv: $*" >&2; }
-
-# ---- already there? -------------------------------------------------------------------------------
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT_STAMP" && -x "$VENV_DIR/bin/hass" ]] &&
-   "$VENV_DIR/bin/python" -c 'import homeassistant.const' >/dev/null 2>&1; then
-    log "up to date: $WANT_STAMP in $VENV_DIR"
-    echo "$VENV_DIR"
-    exit 0
-fi
-
-# ---- find a Python >= HA_MIN_PYTHON -------------------------------------------------------------------
-version_ok() {  # $1 = interpreter; prints its version when it is >= HA_MIN_PYTHON and can make venvs
-    "$1" - "$HA_MIN_PYTHON" <<'EOF' 2>/dev/null
-import sys, platform, venv, ensurepip
-need = tuple(int(p) for p in sys.argv[1].split("."))
-if sys.version_info[:3] >= need and sys.implementation.name == "cpython":
-    print(platform.python_version())
-else:
-    sys.exit(1)
-EOF
-}
-
-candidates=()
-[[ -n "${HA_PYTHON:-}" ]] && candidates+=("$HA_PYTHON")
-for name in python3.14 python3.13; do
-    p="$(command -v "$name" 2>/dev/null || true)"
-    [[ -n "$p" ]] && candidates+=("$p")
-done
-pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
-if command -v pyenv >/dev/null 2>&1; then
-    pyenv_root="$(pyenv root 2>/dev/null || echo "$pyenv_root")"
-fi
-shopt -s nullglob
-for p in "$pyenv_root"/versions/3.1[3-9]*/bin/python3 /usr/local/bin/python3.1[3-9] /usr/bin/python3.1[3-9] \
-         /opt/python*/bin/python3; do
-    candidates+=("$p")
-done
-shopt -u nullglob
-
-PYTHON=""
-PYTHON_VERSION=""
-for c in "${candidates[@]}"; do
-    [[ -x "$c" ]] || continue
-    if v="$(version_ok "$c")"; then
-        # keep the highest version found
-        if [[ -z "$PYTHON" ]] || [[ "$(printf '%s\n%s\n' "$PYTHON_VERSION" "$v" | sort -V | tail -n1)" == "$v" && "$v" != "$PYTHON_VERSION" ]]; then
-            PYTHON="$c"
-            PYTHON_VERSION="$v"
-        fi
-    fi
-done
-
-if [[ -z "$PYTHON" ]]; then
-    log "ERROR: no CPython >= $HA_MIN_PYTHON (with venv and ensurepip) found."
-    log "  Home Assistant $HA_VERSION needs Python >= $HA_MIN_PYTHON; the project itself stays on 3.11."
-    log "  Looked at: \$HA_PYTHON, python3.14/python3.13 on PATH, $pyenv_root/versions/3.13*, /usr/bin, /usr/local/bin."
-    log "  Install one (e.g. 'pyenv install 3.13') or point HA_PYTHON at it."
+HERE="$(cd "$(dirname "$0")" && pwd)"
+CACHE="${OCPP_HA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ocpp_addon}"
+HA_OLDEST="$(sed -n 's/^homeassistant:[[:space:]]*["'\'']\{0,1\}\([0-9][0-9.]*\).*/\1/p' "$HERE/../config.yaml")"
+if [[ -z "$HA_OLDEST" ]]; then
+    echo "ha_venv: config.yaml has no homeassistant: version (the oldest release the add-on supports)" >&2
     exit 2
 fi
-log "using Python $PYTHON_VERSION at $PYTHON"
+RELEASES="${OCPP_HA_RELEASES:-$HA_OLDEST $HA_CURRENT}"
 
-# ---- build -------------------------------------------------------------------------------------------
-start=$(date +%s)
-if [[ -e "$VENV_DIR" ]]; then
-    # Only ever delete something that is a venv (or an empty dir): the path comes from the caller.
-    if [[ -f "$VENV_DIR/pyvenv.cfg" ]] || [[ -d "$VENV_DIR" && -z "$(ls -A "$VENV_DIR")" ]]; then
-        log "replacing $VENV_DIR (stamp: $(cat "$STAMP" 2>/dev/null || echo none))"
-        rm -rf "$VENV_DIR"
+setup() {  # one release; its output goes to ha-VERSION/setup.log (kept from the last build) and stderr
+    local version="$1" log="$CACHE/ha-$1/setup.log" start
+    mkdir -p "$CACHE/ha-$version"
+    start=$(date +%s)
+    bash "$HERE/ha_release.sh" "$version" 2>&1 >/dev/null | tee "$log.new" >&2
+    if [[ ${PIPESTATUS[0]} == 0 ]]; then
+        if grep -q "up to date" "$log.new"; then rm -f "$log.new"; else mv "$log.new" "$log"; fi
+        echo "ha_venv: homeassistant $version ready ($(($(date +%s) - start)) s)" >&2
     else
-        log "ERROR: $VENV_DIR exists and is not a virtualenv; refusing to overwrite it"
-        exit 2
+        mv "$log.new" "$log"
+        echo "ha_venv: homeassistant $version could NOT be set up ($(($(date +%s) - start)) s); see $log" >&2
+        return 1
     fi
-fi
-mkdir -p "$(dirname "$VENV_DIR")"
-"$PYTHON" -m venv "$VENV_DIR"
-VPY="$VENV_DIR/bin/python"
-PIP=("$VPY" -m pip --disable-pip-version-check --no-input)
-# pip's "Location 'file:///...' is ignored" lines (local index dirs in some machines' pip config) are noise.
-quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+}
 
-log "installing homeassistant==$HA_VERSION (this takes a few minutes the first time)"
-quiet_pip install --quiet "homeassistant==$HA_VERSION"
-
-# Requirements of the integrations we need, straight from the installed manifests.
-REQS_FILE="$VENV_DIR/ha-integration-requirements.txt"
-"$VPY" - $HA_INTEGRATIONS >"$REQS_FILE" <<'EOF'
-import json, sys
-from pathlib import Path
-import homeassistant.components as comps
-
-root = Path(comps.__path__[0])
-try:  # what HA sets up with any configuration.yaml, even without default_config:
-    import homeassistant.bootstrap as bootstrap
-    always = set(bootstrap.CORE_INTEGRATIONS) | set(bootstrap.DEFAULT_INTEGRATIONS)
-except (ImportError, AttributeError):
-    always = set()
-todo, seen, reqs = sorted(set(sys.argv[1:]) | always), set(), []
-while todo:
-    domain = todo.pop()
-    if domain in seen:
-        continue
-    seen.add(domain)
-    manifest = json.loads((root / domain / "manifest.json").read_text())
-    for req in manifest.get("requirements", []):
-        if req not in reqs:
-            reqs.append(req)
-    todo.extend(manifest.get("dependencies", []))
-print("\n".join(sorted(reqs)))
-print(f"integrations: {' '.join(sorted(seen))}", file=sys.stderr)
-EOF
-CONSTRAINTS="$("$VPY" -c 'import homeassistant, pathlib; print(pathlib.Path(homeassistant.__file__).parent / "package_constraints.txt")')"
-log "integration requirements: $(tr '\n' ' ' <"$REQS_FILE")"
-if [[ -s "$REQS_FILE" ]]; then
-    quiet_pip install --quiet -r "$REQS_FILE" -c "$CONSTRAINTS"
-fi
-
-"$VPY" -c 'import homeassistant.const as c; assert c.__version__ == "'"$HA_VERSION"'", c.__version__'
-echo "$WANT_STAMP" >"$STAMP"
-end=$(date +%s)
-log "installed homeassistant==$HA_VERSION with Python $PYTHON_VERSION in $((end - start)) s"
-echo "$VENV_DIR"
+# In parallel: a cold setup is mostly downloads and unpacking, and each release has its own folder.
+pids=()
+for version in $RELEASES; do
+    setup "$version" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || status=1
+done
+for version in $RELEASES; do
+    [[ -f "$CACHE/ha-$version/ha.json" ]] && echo "$CACHE/ha-$version/ha.json"
+done
+exit $status

@@ -1,9 +1,11 @@
 """Run a real Home Assistant core (and a real mosquitto) on loopback for end-to-end tests.
 
-Home Assistant needs Python >= 3.13 and lives in its own venv, built by ``scripts/ha_venv.sh``; the
-tests themselves run on the project's Python and drive HA over its REST and websocket APIs.
+Each Home Assistant release lives in its own venv, set up by ``scripts/ha_venv.sh``: on a Python of this
+machine when the release admits it, else inside a Debian unstable root (2026.4+ needs Python >= 3.14.2)
+that it runs in through ``unshare -m`` + ``chroot``. The tests themselves run on the project's Python and
+drive HA over its REST and websocket APIs, the same way for every release.
 
-    with Mosquitto() as broker, HomeAssistant() as ha:
+    with Mosquitto() as broker, HomeAssistant(release="2026.11.0") as ha:  # default: the current release
         ha.setup_mqtt(broker.host, broker.port)
         ha.wait_for_state("sensor.x", lambda s: s is not None and s["state"] == "1")
 
@@ -29,6 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,9 +45,10 @@ DEFAULT_LOG_LEVELS = {
     "homeassistant.components.mqtt": "debug",
 }
 
-# HA log line: "2025-04-20 12:00:00.123 ERROR (MainThread) [homeassistant.components.mqtt] message"
+# HA log line: "2025-04-20 12:00:00.123 ERROR (MainThread) [homeassistant.components.mqtt] message";
+# 2026.x adds the UTC offset: "2026-12-03 17:15:37.878+00:00 ERROR (MainThread) [...] message".
 LOG_LINE_RE = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? (?P<level>[A-Z]+) \((?P<thread>[^)]*)\) "
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:?\d\d|Z)? (?P<level>[A-Z]+) \((?P<thread>[^)]*)\) "
     r"\[(?P<logger>[^\]]+)\] (?P<message>.*)$"
 )
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -55,7 +59,7 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class HaVenvMissing(RuntimeError):
-    """The Home Assistant venv has not been built."""
+    """A Home Assistant release the tests need has not been set up (or its setup failed)."""
 
 
 class HomeAssistantError(RuntimeError):
@@ -73,31 +77,102 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def default_venv_dir() -> Path:
-    if os.environ.get("OCPP_HA_VENV"):
-        return Path(os.environ["OCPP_HA_VENV"])
+def cache_dir() -> Path:
+    """Where scripts/ha_venv.sh keeps each release (ha-VERSION/) and the Debian root some of them need."""
+    if os.environ.get("OCPP_HA_CACHE"):
+        return Path(os.environ["OCPP_HA_CACHE"])
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "ocpp_addon" / "ha-venv"
+    return Path(cache) / "ocpp_addon"
 
 
-def find_ha_venv(venv: str | os.PathLike[str] | None = None) -> Path:
-    """The venv holding ``hass``; raises HaVenvMissing (saying how to build it) when absent."""
-    path = Path(venv) if venv else default_venv_dir()
-    hass = path / "bin" / "hass"
-    if not hass.exists():
-        raise HaVenvMissing(
-            f"No Home Assistant venv at {path} ({hass} missing). Build it first with "
-            f"`{HA_VENV_SCRIPT.relative_to(REPO_ROOT)}` (cold install takes ~3 minutes; "
-            f"set OCPP_HA_VENV to use another location)."
-        )
-    return path
+def current_release() -> str:
+    """HA_CURRENT in scripts/ha_venv.sh: the release users run today."""
+    m = re.search(r'^HA_CURRENT="?([0-9][0-9.]*)"?', HA_VENV_SCRIPT.read_text(), re.M)
+    if not m:
+        raise RuntimeError(f"{HA_VENV_SCRIPT} sets no HA_CURRENT")
+    return m.group(1)
 
 
-def ha_venv_version(venv: Path) -> str | None:
-    """The homeassistant version installed in the venv (from its dist-info), without running it."""
-    for dist in (venv / "lib").glob("python3*/site-packages/homeassistant-*.dist-info"):
-        return dist.name[len("homeassistant-") : -len(".dist-info")]
-    return None
+def oldest_release() -> str:
+    """``homeassistant:`` in config.yaml: the oldest release the add-on says it supports."""
+    m = re.search(r"""^homeassistant:\s*["']?([0-9][0-9.]*)""", (REPO_ROOT / "config.yaml").read_text(), re.M)
+    if not m:
+        raise RuntimeError("config.yaml has no homeassistant: version")
+    return m.group(1)
+
+
+def releases() -> list[str]:
+    """The releases the e2e tests run against: $OCPP_HA_RELEASES, else the oldest supported and the current."""
+    if os.environ.get("OCPP_HA_RELEASES"):
+        return os.environ["OCPP_HA_RELEASES"].split()
+    return list(dict.fromkeys([oldest_release(), current_release()]))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+@dataclass(frozen=True)
+class HaInstall:
+    """One Home Assistant release as scripts/ha_release.sh set it up (its ha.json).
+
+    ``kind`` "venv": ``hass`` is a path on this machine. "chroot": ``hass`` is a path inside the Debian
+    root ``root``; it runs under ``unshare -m`` + ``chroot`` with /dev, /proc and the config dir mounted
+    in a private mount namespace (gone with the process), on the host's network (loopback works).
+    """
+
+    version: str
+    kind: str
+    hass: str
+    python: str = ""
+    root: str | None = None
+
+    def command(self, config_dir: Path, *args: str) -> list[str]:
+        hass = [self.hass, "--skip-pip", "-c", str(config_dir), *args]
+        if self.kind == "venv":
+            return hass
+        # The config dir appears at the same path inside (under a private tmpfs when it is in /tmp).
+        script = ('R=$1; C=$2; shift 2; mount --rbind /dev "$R/dev" && mount -t proc proc "$R/proc" && '
+                  'mount -t tmpfs tmpfs "$R/tmp" && mkdir -p "$R$C" && mount --bind "$C" "$R$C" && '
+                  'exec chroot "$R" "$@"')
+        return ["unshare", "-m", "--", "sh", "-c", script, "sh", str(self.root), str(config_dir), *hass]
+
+    def env(self) -> dict[str, str]:
+        bin_dir = str(Path(self.hass).parent)
+        if self.kind == "venv":
+            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+            env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        else:  # nothing of this machine's Python setup belongs inside the root
+            env = {"PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   "HOME": "/root", "LANG": "C.UTF-8"}
+        env["VIRTUAL_ENV"] = str(Path(bin_dir).parent)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+
+def find_ha_install(version: str | None = None) -> HaInstall:
+    """The release set up by scripts/ha_venv.sh; raises HaVenvMissing (saying why, and how) when absent."""
+    version = version or current_release()
+    where = cache_dir() / f"ha-{version}"
+    descriptor = where / "ha.json"
+    if descriptor.exists():
+        info = json.loads(descriptor.read_text())
+        install = HaInstall(version=info["version"], kind=info["kind"], hass=info["hass"],
+                            python=info.get("python", ""), root=info.get("root"))
+        exe = Path(install.root or "/") / install.hass.lstrip("/")
+        if exe.exists():
+            return install
+        why = f"{descriptor} names {exe}, which is gone"
+    else:
+        why = f"{descriptor} is missing"
+    setup_log = where / "setup.log"
+    log = (f"\n--- last lines of {setup_log} (its latest setup) ---\n{_tail(setup_log, 25)}"
+           if setup_log.exists() else "\n(no setup was attempted: no setup.log)")
+    raise HaVenvMissing(
+        f"Home Assistant {version} is not set up ({why}). Set it up with "
+        f"`bash {HA_VENV_SCRIPT.relative_to(REPO_ROOT)}` (cold: a few minutes per release; cached in "
+        f"{cache_dir()}).{log}"
+    )
 
 
 def _tail(path: Path, lines: int = 60) -> str:
@@ -205,15 +280,15 @@ class HomeAssistant:
         self,
         config_dir: str | os.PathLike[str] | None = None,
         *,
-        venv: str | os.PathLike[str] | None = None,
+        release: "str | HaInstall | None" = None,
         port: int | None = None,
         log_levels: dict[str, str] | None = None,
         default_log_level: str = "warning",
         extra_config: str = "",
         startup_timeout: float = 180,
     ) -> None:
-        self.venv = find_ha_venv(venv)
-        self.version = ha_venv_version(self.venv)
+        self.install = release if isinstance(release, HaInstall) else find_ha_install(release)
+        self.version = self.install.version
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.base_url = f"http://{self.host}:{self.port}"
@@ -250,16 +325,11 @@ class HomeAssistant:
         timeout = timeout or self.startup_timeout
         self._write_config()
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        env["VIRTUAL_ENV"] = str(self.venv)
-        env["PYTHONUNBUFFERED"] = "1"
         log = open(self.log_path, "ab")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(self.venv / "bin" / "hass"), "--skip-pip", "-c", str(self.config_dir),
-             "--log-file", str(self.config_dir / "home-assistant.log")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            self.install.command(self.config_dir, "--log-file", str(self.config_dir / "home-assistant.log")),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.install.env(),
             cwd=str(self.config_dir), start_new_session=True,
         )
         log.close()
@@ -273,6 +343,7 @@ class HomeAssistant:
             self._onboard()
             self._poll(lambda: (self.get("/api/config") or {}).get("state") == "RUNNING", deadline,
                        "HA to reach state RUNNING")
+            self._confirm_http_config()
         except BaseException:
             self.stop()
             raise
@@ -383,6 +454,25 @@ class HomeAssistant:
         # A long-lived token survives restarts (it is stored in .storage/auth with its refresh token).
         self.token = self.ws("auth/long_lived_access_token", client_name="ocpp_addon e2e", lifespan=30)
         self._token_file.write_text(self.token)
+
+    def http_config(self) -> dict[str, Any] | None:
+        """http/config (2026.x: the stored HTTP server settings), or None on releases without it."""
+        try:
+            return self.ws("http/config")
+        except HomeAssistantError as err:
+            if "unknown_command" in str(err):
+                return None
+            raise
+
+    def _confirm_http_config(self) -> None:
+        """Confirm our loopback-only HTTP settings where HA asks for it.
+
+        From 2026.x on HA moves ``http:`` from configuration.yaml into storage as a trial that, unless
+        confirmed within 5 minutes, is reverted with a restart to the defaults (port 8123 on every
+        interface). A user confirms it in the UI; we do it over the websocket API."""
+        config = self.http_config()
+        if config and config.get("pending") and not config["pending"].get("error"):
+            self.ws("http/config/promote")
 
     # ---- REST ------------------------------------------------------------------------------------
 
@@ -510,7 +600,9 @@ class HomeAssistant:
         if existing:
             self.mqtt_entry_id = existing[0]["entry_id"]
         else:
-            answers = {"broker": broker, "port": port}
+            # 2026.x puts required TLS/transport choices in a section ("other_settings"); plain TCP.
+            answers: dict[str, Any] = {"broker": broker, "port": port, "set_client_cert": False,
+                                       "set_ca_cert": "off", "transport": "tcp"}
             if username is not None:
                 answers["username"] = username
             if password is not None:
@@ -530,8 +622,7 @@ class HomeAssistant:
                     if result.get("errors"):
                         raise HomeAssistantError(f"MQTT flow step {result.get('step_id')!r} errors: "
                                                  f"{result['errors']}\n{self.log_tail()}")
-                    names = {field["name"] for field in result.get("data_schema", [])}
-                    body = {k: v for k, v in answers.items() if k in names}
+                    body = _form_answers(result.get("data_schema", []), answers)
                 else:
                     raise HomeAssistantError(f"MQTT config flow ended with {result}\n{self.log_tail()}")
                 result = self.post(f"/api/config/config_entries/flow/{result['flow_id']}", body)
@@ -620,6 +711,21 @@ class HomeAssistant:
             elif current is not None:
                 current["message"] += "\n" + line
         return records
+
+
+def _form_answers(schema: list[dict[str, Any]], answers: dict[str, Any]) -> dict[str, Any]:
+    """A config-flow form's body: our answers for the fields it has, recursing into sections
+    ("expandable"), and a required field's default where we have no answer."""
+    body: dict[str, Any] = {}
+    for field_ in schema:
+        name = field_["name"]
+        if field_.get("type") == "expandable":
+            body[name] = _form_answers(field_.get("schema", []), answers)
+        elif name in answers:
+            body[name] = answers[name]
+        elif field_.get("required") and "default" in field_:
+            body[name] = field_["default"]
+    return body
 
 
 class AsyncHomeAssistant:

@@ -222,6 +222,12 @@ def test_restart_keeps_auth_and_rediscovers(home_assistant: HomeAssistant, probe
                       and float(s["state"]) == 20)
     assert ha.entity_id_for(SENSOR_UID) == sensor_id
     assert ha.config_entries("mqtt")[0]["state"] == "loaded"
+    # 2026.x keeps the HTTP settings in storage: ours (loopback, our port) are confirmed, with no revert to
+    # HA's defaults (every interface, port 8123) pending
+    http = ha.http_config()
+    if http is not None:
+        assert (http["pending"], http["revert_at"]) == (None, None), http
+        assert (http["stable"]["server_host"], http["stable"]["server_port"]) == (["127.0.0.1"], ha.port), http
     problems = [f"{r['level']} [{r['logger']}] {r['message']}"
                 for r in ha.log_records("WARNING", "homeassistant.components.mqtt", since_start=True)]
     assert problems == []

@@ -34,7 +34,7 @@ from ocpp_addon.hub import DISCONNECTED
 from ocpp_addon.simulator import SimulatedCharger
 
 from ..conftest import MqttProbe, Service, make_config
-from .ha import AsyncHomeAssistant, HomeAssistant, Mosquitto
+from .ha import AsyncHomeAssistant, HomeAssistant, Mosquitto, version_tuple
 
 pytestmark = [pytest.mark.ha_e2e, pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
@@ -328,6 +328,32 @@ async def test_every_announced_entity_is_in_home_assistant(rig: Rig, e2e_report:
     assert ours == [], "HA complained about our MQTT discovery:\n" + "\n".join(ours)
 
 
+# From this release on Home Assistant takes an entity's id from our default_entity_id (the object_id
+# option it replaces was deprecated in 2025.10); older releases make it from the device and entity names.
+DEFAULT_ENTITY_ID_SINCE = (2025, 10)
+# Ids that DOCS.md and docs/dashboard.png show users (the current release, a charger called wallbox-1).
+IDS_USERS_SEE = {
+    "charging_limit": "number.wallbox_1_charging_limit",
+    "charging": "switch.wallbox_1_charging",
+    "power": "sensor.wallbox_1_power",
+    "energy": "sensor.wallbox_1_energy",
+    "soc": "sensor.wallbox_1_soc",
+    "reset": "button.wallbox_1_reset",
+}
+
+
+async def test_entity_ids_are_the_ones_users_see(rig: Rig, e2e_report: list[str]) -> None:
+    """On releases that honour default_entity_id every entity has the id we announced; older ones differ."""
+    announced = {comp["unique_id"]: comp["default_entity_id"] for _, _, comp in rig.announced()}
+    differ = sorted(f"{rig.entity_ids[u]} (announced {want})" for u, want in announced.items() if rig.entity_ids[u] != want)
+    if version_tuple(rig.ha.version) >= DEFAULT_ENTITY_ID_SINCE:
+        assert differ == [], "HA did not use our default_entity_id:\n" + "\n".join(differ)
+        assert {key: rig.eid(ACCEPTING, key) for key in IDS_USERS_SEE} == IDS_USERS_SEE
+    else:
+        e2e_report.append(f"test_ha_ocpp (Home Assistant {rig.ha.version}, ignores default_entity_id): "
+                          f"{len(differ)} of {len(announced)} entity ids differ from the announced ones: {', '.join(differ)}")
+
+
 async def test_charging_limit_accepted(rig: Rig) -> None:
     limit = rig.eid(ACCEPTING, "charging_limit")
     sim = rig.sims[ACCEPTING]
@@ -458,3 +484,11 @@ async def test_home_assistant_logged_nothing_about_our_discovery(rig: Rig, e2e_r
     for line in other:
         e2e_report.append(f"test_ha_ocpp: HA warned (not about MQTT or our devices): {line.splitlines()[0][:300]}")
     assert ours == [], "HA complained about our MQTT discovery:\n" + "\n".join(ours)
+    # Deprecations (e.g. of a discovery option) also become repair issues, shown to users under Settings.
+    issues = (await rig.ha.ws("repairs/list_issues"))["issues"]
+    about_us = [i for i in issues if i["domain"] == "mqtt" or re.search(r"ocpp|wallbox", json.dumps(i), re.I)]
+    for issue in issues:
+        if issue not in about_us:
+            e2e_report.append(f"test_ha_ocpp (Home Assistant {rig.ha.version}): repair issue not about us: "
+                              f"{issue['domain']}/{issue['issue_id']} {issue.get('translation_placeholders') or ''}")
+    assert about_us == [], f"HA raised repair issues about MQTT or our devices: {about_us}"
