@@ -330,12 +330,18 @@ async def connect(url: str, charger_id: str, options: SimOptions | None = None, 
     return charger, asyncio.create_task(charger.run(), name=f"sim-{charger_id}")
 
 
-async def _run_forever(url: str, charger_id: str, options: SimOptions) -> None:
+async def _run_forever(url: str, charger_id: str, options: SimOptions, ocpp_version: str = "1.6") -> None:
     """Run one charger and redial with backoff when the connection drops, like real chargers do."""
+    if ocpp_version == "2.0.1":
+        from .simulator_v201 import connect as connect_v201
+
+        dial: Callable[..., Any] = connect_v201
+    else:
+        dial = connect
     delay = 1.0
     while True:
         try:
-            charger, task = await connect(url, charger_id, options)
+            charger, task = await dial(url, charger_id, options)
             _LOGGER.info("%s: connected to %s", charger_id, url)
             delay = 1.0
             await task
@@ -349,10 +355,11 @@ async def _run_forever(url: str, charger_id: str, options: SimOptions) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocpp_addon.simulator", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="ws://127.0.0.1:9000", help="central system URL without the id")
+    parser.add_argument("--ocpp", default="1.6", choices=("1.6", "2.0.1"), help="protocol version (subprotocol ocpp1.6 or ocpp2.0.1)")
     parser.add_argument("--id", default="wallbox-1", help="charge point id (with --count N: ID-1 .. ID-N)")
     parser.add_argument("--count", type=int, default=1, help="number of chargers to simulate")
     parser.add_argument("--meter-interval", type=float, default=10.0, help="seconds between MeterValues (0: none)")
-    parser.add_argument("--connectors", type=int, default=1)
+    parser.add_argument("--connectors", type=int, default=1, help="connectors (with --ocpp 2.0.1: EVSEs, one connector each)")
     parser.add_argument("--phases", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--profile-status", default="Accepted", choices=("Accepted", "Rejected", "NotSupported", "ignore"),
                         help="how to answer SetChargingProfile")
@@ -370,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             _run_forever(args.url, cid, SimOptions(
                 vendor=args.vendor, model=args.model, connectors=args.connectors, phases=args.phases,
                 meter_interval=args.meter_interval, send_boot=not args.no_boot, profile_status=args.profile_status,
-            )) for cid in ids
+            ), args.ocpp) for cid in ids
         ))
 
     try:

@@ -177,3 +177,19 @@ async def test_a_station_without_smart_charging_answers_not_supported(csms: Any)
         {"component": {"name": "SmartChargingCtrlr"}, "variable": {"name": "Enabled"}}]))
     assert got.get_variable_result[0]["attribute_value"] == "false"
     task.cancel()
+
+
+async def test_the_command_line_speaks_2_0_1(csms: Any) -> None:
+    import sys
+
+    url, sessions = csms
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ocpp_addon.simulator", "--ocpp", "2.0.1", "--url", url,
+                                                "--id", "cli-station", "--meter-interval", "0")
+    try:
+        central = await asyncio.wait_for(sessions.get(), 20)
+        assert central.id == "cli-station"
+        boot = await central.wait("BootNotification", timeout=20)
+        assert boot["charging_station"]["model"] == "SimCharger 22"
+    finally:
+        proc.terminate()
+        await proc.wait()
