@@ -1,4 +1,4 @@
-"""OCPP 1.6 payload validation: the ocpp library's verdicts at a compiled validator's speed.
+"""OCPP payload validation (1.6 and 2.0.1): the ocpp library's verdicts at a compiled validator's speed.
 
 The ``ocpp`` library checks every message with a jsonschema ``Draft4Validator``
 (``ocpp.messages._validate_payload``), about 230 µs for a MeterValues with eight
@@ -31,8 +31,12 @@ Deliberate differences from the library:
   beyond ~1e307) raise FormatViolationError; the library crashes with TypeError or
   ``decimal.InvalidOperation``. Finite values from ~1e27 up to there are accepted (they
   are multiples of 0.1), where the library crashes with ``decimal.InvalidOperation``.
-- An action without a 1.6 schema raises ``ValueError`` instead of the library's
+- An action without a schema in that version raises ``ValueError`` instead of the library's
   NotImplementedError, so the caller can choose NotSupported or NotImplemented.
+
+OCPP 2.0.1 (``version="2.0.1"``) reads ``ocpp/v201/schemas/<Action>Request.json`` and
+``<Action>Response.json`` the same way: Draft 4 forced as the library does, no Decimal floats
+(the library uses them for three 1.6 schemas only, and no 2.0.1 schema has ``multipleOf``).
 """
 
 from __future__ import annotations
@@ -61,12 +65,22 @@ __all__ = ["known_action", "validate_call", "validate_result"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_SCHEMA_DIR = Path(ocpp.__file__).parent / "v16" / "schemas"
+VERSIONS = ("1.6", "2.0.1")
 
-#: Actions with a 1.6 CALL schema; only these names ever reach the file system.
-_ACTIONS: frozenset[str] = frozenset(
-    path.stem for path in _SCHEMA_DIR.glob("*.json") if not path.stem.endswith("Response")
-)
+#: version -> (schema directory, suffix of a CALL's schema file)
+_SCHEMA_DIRS: dict[str, tuple[Path, str]] = {
+    "1.6": (Path(ocpp.__file__).parent / "v16" / "schemas", ""),
+    "2.0.1": (Path(ocpp.__file__).parent / "v201" / "schemas", "Request"),
+}
+
+
+def _actions(directory: Path, call_suffix: str) -> frozenset[str]:
+    stems = [path.stem for path in directory.glob("*.json") if not path.stem.endswith("Response")]
+    return frozenset(stem.removesuffix(call_suffix) for stem in stems if stem.endswith(call_suffix))
+
+
+#: Actions with a CALL schema, per version; only these names ever reach the file system.
+_ACTIONS: dict[str, frozenset[str]] = {version: _actions(*where) for version, where in _SCHEMA_DIRS.items()}
 
 #: Schemas the library validates with floats parsed as Decimal (see module docstring).
 _DECIMAL_SCHEMAS = frozenset({"SetChargingProfile", "RemoteStartTransaction", "GetCompositeScheduleResponse"})
@@ -108,37 +122,37 @@ class _Schema:
     decimal_floats: bool
 
 
-#: (action, is a CALLRESULT) -> schema. Keyed by action, not file name, so that
+#: (version, action, is a CALLRESULT) -> schema. Keyed by action, not file name, so that
 #: validate_call("BootNotificationResponse") cannot find the result schema.
-_compiled: dict[tuple[str, bool], _Schema] = {}
+_compiled: dict[tuple[str, str, bool], _Schema] = {}
 
 
-def known_action(action: str) -> bool:
-    """Return True if OCPP 1.6 (with the security extension) defines ``action``."""
-    return action in _ACTIONS
+def known_action(action: str, version: str = "1.6") -> bool:
+    """Return True if OCPP ``version`` (1.6 with the security extension, or 2.0.1) defines ``action``."""
+    return action in _ACTIONS[version]
 
 
-def validate_call(action: str, payload: Any) -> None:
+def validate_call(action: str, payload: Any, version: str = "1.6") -> None:
     """Validate the payload of a CALL for ``action``, in either direction.
 
     Raises an ``ocpp.exceptions.OCPPError`` subclass (ProtocolError,
     TypeConstraintViolationError or FormatViolationError) if the payload breaks the
-    schema, and ``ValueError`` if ``action`` has no 1.6 schema (``known_action`` is
-    False): whether that is NotSupported or NotImplemented is the caller's call.
+    schema, and ``ValueError`` if ``action`` has no schema in ``version`` (``known_action``
+    is False): whether that is NotSupported or NotImplemented is the caller's call.
     """
-    _validate(action, False, payload)
+    _validate(version, action, False, payload)
 
 
-def validate_result(action: str, payload: Any) -> None:
+def validate_result(action: str, payload: Any, version: str = "1.6") -> None:
     """Validate the payload of the CALLRESULT answering a CALL for ``action``.
 
     Raises like ``validate_call``.
     """
-    _validate(action, True, payload)
+    _validate(version, action, True, payload)
 
 
-def _validate(action: str, result: bool, payload: Any) -> None:
-    schema = _compiled.get((action, result)) or _compile(action, result)
+def _validate(version: str, action: str, result: bool, payload: Any) -> None:
+    schema = _compiled.get((version, action, result)) or _compile(version, action, result)
     try:
         schema.check(payload)
     except fastjsonschema.JsonSchemaValueException as exc:
@@ -151,17 +165,20 @@ def _validate(action: str, result: bool, payload: Any) -> None:
         ) from None
 
 
-def _compile(action: str, result: bool) -> _Schema:
-    if action not in _ACTIONS:
-        raise ValueError(f"no OCPP 1.6 schema for action {action!r}")
-    schema_name = action + "Response" if result else action
-    text = (_SCHEMA_DIR / f"{schema_name}.json").read_text(encoding="utf-8-sig")
+def _compile(version: str, action: str, result: bool) -> _Schema:
+    if version not in _SCHEMA_DIRS:
+        raise ValueError(f"no OCPP version {version!r} (known: {', '.join(VERSIONS)})")
+    if action not in _ACTIONS[version]:
+        raise ValueError(f"no OCPP {version} schema for action {action!r}")
+    directory, call_suffix = _SCHEMA_DIRS[version]
+    schema_name = action + ("Response" if result else call_suffix)
+    text = (directory / f"{schema_name}.json").read_text(encoding="utf-8-sig")
     definition = json.loads(text)
     # Forcing draft-04 is what the library does; "$id" only names the schema here
     # (every $ref is local) and must not become a base URI for fastjsonschema.
     definition["$schema"] = _DRAFT4
     definition.pop("$id", None)
-    decimal_floats = schema_name in _DECIMAL_SCHEMAS
+    decimal_floats = version == "1.6" and schema_name in _DECIMAL_SCHEMAS
     schema = _Schema(
         name=schema_name,
         check=fastjsonschema.compile(definition, use_default=False, use_formats=False),
@@ -170,7 +187,7 @@ def _compile(action: str, result: bool) -> _Schema:
         ),
         decimal_floats=decimal_floats,
     )
-    _compiled[(action, result)] = schema
+    _compiled[(version, action, result)] = schema
     return schema
 
 

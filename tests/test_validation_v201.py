@@ -1,0 +1,134 @@
+"""ocpp_addon.validation for OCPP 2.0.1 gives the ocpp library's verdicts, as it does for 1.6.
+
+The oracle is the library: ``ocpp.messages._validate_payload`` with version "2.0.1". Payloads are
+generated from each 2.0.1 schema (valid ones, checked against the oracle), then mutated.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import ocpp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ocpp.exceptions import OCPPError, ProtocolError
+from ocpp.messages import Call, CallResult, _validate_payload
+
+from ocpp_addon.simulator import SimOptions
+from ocpp_addon.simulator_v201 import SimulatedStation
+from ocpp_addon.validation import known_action, validate_call, validate_result
+from tests.test_validation import JSON_VALUES, mutated
+
+SCHEMA_DIR = Path(ocpp.__file__).parent / "v201" / "schemas"
+ACTIONS = sorted(path.stem.removesuffix("Request") for path in SCHEMA_DIR.glob("*Request.json"))
+KINDS_AND_ACTIONS = [(kind, action) for action in ACTIONS for kind in ("call", "result")]
+
+
+def library_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
+    message = Call("1", action, copy.deepcopy(payload)) if kind == "call" else CallResult("1", copy.deepcopy(payload), action)
+    try:
+        _validate_payload(message, "2.0.1")
+    except OCPPError as exc:
+        return type(exc)
+    return None
+
+
+def our_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
+    before = copy.deepcopy(payload)
+    try:
+        (validate_call if kind == "call" else validate_result)(action, payload, version="2.0.1")
+    except OCPPError as exc:
+        assert set(exc.details) == {"cause"} and len(exc.details["cause"]) < 200, exc.details
+        verdict: type[OCPPError] | None = type(exc)
+    else:
+        verdict = None
+    assert payload == before, "validation must not change the payload"
+    return verdict
+
+
+def assert_same_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
+    expected = library_verdict(kind, action, payload)
+    assert our_verdict(kind, action, payload) is expected, (kind, action, payload)
+    return expected
+
+
+def schema_of(kind: str, action: str) -> dict[str, Any]:
+    name = action + ("Request" if kind == "call" else "Response")
+    return json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8-sig"))
+
+
+def valid_instances(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Instances of the keyword subset the 2.0.1 schemas use (with minimum/maximum and maxItems)."""
+    if "$ref" in schema:
+        return valid_instances(root["definitions"][schema["$ref"].rsplit("/", 1)[1]], root)
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        required = schema.get("required", [])
+        return st.fixed_dictionaries(
+            {name: valid_instances(properties[name], root) for name in required},
+            optional={name: valid_instances(sub, root) for name, sub in properties.items() if name not in required},
+        )
+    if kind == "array":
+        low = schema.get("minItems", 0)
+        return st.lists(valid_instances(schema["items"], root), min_size=low, max_size=min(schema.get("maxItems", 3), max(low, 3)))
+    if kind == "string":
+        longest = schema.get("maxLength", 50)
+        return st.one_of(st.text(max_size=min(longest, 30)), st.just("a" * longest))
+    if kind == "integer":
+        return st.integers(schema.get("minimum", -(2**40)), schema.get("maximum", 2**40))
+    if kind == "number":
+        return st.floats(schema.get("minimum", -1e9), schema.get("maximum", 1e9), allow_nan=False)
+    if kind == "boolean":
+        return st.booleans()
+    return JSON_VALUES
+
+
+def test_every_2_0_1_action_is_known_and_1_6_ones_are_not() -> None:
+    assert len(ACTIONS) == 64
+    assert all(known_action(action, "2.0.1") for action in ACTIONS)
+    assert not known_action("StartTransaction", "2.0.1") and known_action("StartTransaction")
+    assert not known_action("TransactionEvent") and known_action("TransactionEvent", "2.0.1")
+    with pytest.raises(ValueError):
+        validate_call("StartTransaction", {}, version="2.0.1")
+    with pytest.raises(ValueError):
+        validate_call("Heartbeat", {}, version="1.5")
+
+
+@pytest.mark.parametrize(("kind", "action"), KINDS_AND_ACTIONS)
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_mutated_payloads_get_the_library_verdict(kind: str, action: str, data: st.DataObject) -> None:
+    schema = schema_of(kind, action)
+    payload = data.draw(valid_instances(schema, schema), label="payload")
+    assert library_verdict(kind, action, payload) is None, "the generator must make valid payloads"
+    assert our_verdict(kind, action, payload) is None
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        payload = data.draw(mutated(payload), label="mutated")
+    assert_same_verdict(kind, action, payload)
+
+
+@pytest.mark.parametrize(("kind", "action"), KINDS_AND_ACTIONS)
+@pytest.mark.parametrize("payload", [[], None, "x", 5, {"unexpectedKey": 1}])
+def test_non_objects_and_strangers_get_the_library_verdict(kind: str, action: str, payload: Any) -> None:
+    assert_same_verdict(kind, action, payload)
+
+
+def test_a_transaction_event_without_its_transaction_info_is_a_protocol_error() -> None:
+    from ocpp.charge_point import snake_to_camel_case
+
+    station = SimulatedStation("s", None, SimOptions())
+    payload = snake_to_camel_case({
+        "event_type": "Updated", "timestamp": "2026-12-07T12:00:00Z", "trigger_reason": "MeterValuePeriodic", "seq_no": 3,
+        "transaction_info": {"transaction_id": "tx-1"},
+        "meter_value": [{"timestamp": "2026-12-07T12:00:00Z", "sampled_value": station.sampled_values("Sample.Periodic")}],
+    })
+    assert assert_same_verdict("call", "TransactionEvent", payload) is None
+    del payload["transactionInfo"]
+    assert assert_same_verdict("call", "TransactionEvent", payload) is ProtocolError
