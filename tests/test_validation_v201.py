@@ -132,3 +132,22 @@ def test_a_transaction_event_without_its_transaction_info_is_a_protocol_error() 
     assert assert_same_verdict("call", "TransactionEvent", payload) is None
     del payload["transactionInfo"]
     assert assert_same_verdict("call", "TransactionEvent", payload) is ProtocolError
+
+
+CORPUS = Path(__file__).parent / "data" / "charger-traces-201" / "frames.jsonl"
+
+
+def corpus_cases() -> list[Any]:
+    cases = []
+    for number, line in enumerate(CORPUS.read_text(encoding="utf-8").splitlines(), 1):
+        record = json.loads(line)
+        frame = record["frame"] or record.get("reconstructed_frame")
+        if frame and frame[0] in (2, 3):
+            kind, payload = ("call", frame[3]) if frame[0] == 2 else ("result", frame[2])
+            cases.append(pytest.param(kind, record["action"], payload, id=f"{number}-{record['vendor']}-{record['action']}"))
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "action", "payload"), corpus_cases())
+def test_real_stations_frames_get_the_library_verdict(kind: str, action: str, payload: Any) -> None:
+    assert_same_verdict(kind, action, payload)
