@@ -5,9 +5,11 @@ happens there, before a charger touches any state, in this order:
 
 1. the path must carry a valid charge point id (it becomes part of MQTT topics,
    so ``+``, ``#`` and ``/`` never get through): 404;
-2. a client that offers subprotocols must offer ``ocpp1.6`` (one that offers none
-   is accepted unless ``ocpp.require_subprotocol``, because many real ones never
-   do): 400;
+2. a client that offers subprotocols must offer one we speak (``ocpp.versions``:
+   ``ocpp2.0.1``, ``ocpp1.6``; the first in that order that it offers is chosen,
+   unless ``ocpp.charger_versions`` names one for it); one that offers none is
+   spoken to in 1.6 unless ``ocpp.require_subprotocol``, because many real ones never
+   offer: 400;
 3. no more than ``ocpp.max_connections`` open connections (a charger replacing its
    own connection always gets in): 503 with ``Retry-After``;
 4. OCPP Security Profile 1 (``ocpp.auth.mode: basic``): HTTP Basic credentials,
@@ -44,12 +46,15 @@ from websockets.http11 import Request, Response
 
 from .auth import REALM, Authenticator
 from .charge_point import ChargePoint
+from .charge_point_v201 import ChargePoint201
 from .topics import CHARGER_ID_PATTERN, is_usable_charger_id, printable
 from .hub import Hub
 
 _LOGGER = logging.getLogger(__name__)
 
 SUBPROTOCOL = "ocpp1.6"
+#: subprotocol -> the class that speaks it
+PROTOCOLS: dict[str, type[ChargePoint]] = {"ocpp2.0.1": ChargePoint201, "ocpp1.6": ChargePoint}
 REFUSAL_LOG_INTERVAL = 60.0
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
@@ -198,7 +203,7 @@ class CentralSystem:
             self.ocpp["host"],
             self.ocpp["port"],
             create_connection=watched,
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=[f"ocpp{version}" for version in self.ocpp["versions"]],
             select_subprotocol=self._select_subprotocol,
             process_request=self._process_request,
             ping_interval=self.ocpp["ping_interval"],
@@ -260,9 +265,12 @@ class CentralSystem:
             return self._refuse(connection, HTTPStatus.NOT_FOUND, f"expected {prefix}/<charge point id matching {CHARGER_ID_PATTERN}>\n",
                                 "the path %r must be %s/<charge point id> with an id matching %s", request.path[:100], prefix, CHARGER_ID_PATTERN)
         offered = offered_subprotocols(request)
-        if (offered and SUBPROTOCOL not in offered) or (not offered and self.ocpp["require_subprotocol"]):
-            return self._refuse(connection, HTTPStatus.BAD_REQUEST, f"this central system speaks the {SUBPROTOCOL} subprotocol\n",
-                                "%s offers subprotocols %s, this central system speaks %s", charger_id, offered or "none", SUBPROTOCOL)
+        ours = self._subprotocols_for(charger_id)
+        if (offered and not set(ours) & set(offered)) or (not offered and self.ocpp["require_subprotocol"]):
+            spoken = " or ".join(ours)
+            return self._refuse(connection, HTTPStatus.BAD_REQUEST, f"this central system speaks the {spoken} subprotocol\n",
+                                "%s offers subprotocols %s, this central system speaks %s to it", charger_id,
+                                ",".join(printable(p, 40) for p in offered[:5]) or "none", spoken)
         if len(self._admitted) >= self.ocpp["max_connections"] and charger_id not in self.hub.connected:
             response = self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; try again later\n",
                                     "%s: ocpp.max_connections (%d) reached", charger_id, self.ocpp["max_connections"])
@@ -303,9 +311,15 @@ class CentralSystem:
         await connection.wait_closed()
         self._admitted.discard(connection)
 
-    @staticmethod
-    def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:
-        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+    def _subprotocols_for(self, charger_id: str) -> list[str]:
+        """The subprotocols we speak to this charger, preferred first."""
+        only = self.ocpp["charger_versions"].get(charger_id)
+        return [f"ocpp{only}"] if only else [f"ocpp{version}" for version in self.ocpp["versions"]]
+
+    def _select_subprotocol(self, connection: ServerConnection, subprotocols: Any) -> str | None:
+        charger_id = charger_id_from_path(connection.request.path, self.ocpp["path_prefix"]) if connection.request else None
+        ours = self._subprotocols_for(charger_id) if charger_id else [f"ocpp{version}" for version in self.ocpp["versions"]]
+        return next((protocol for protocol in ours if protocol in subprotocols), None)
 
     # -- one connection ---------------------------------------------------------------
 
@@ -313,7 +327,7 @@ class CentralSystem:
         charger_id = charger_id_from_path(ws.request.path, self.ocpp["path_prefix"])
         assert charger_id is not None  # _process_request let it through
         connection = _Connection(ws)
-        cp = ChargePoint(charger_id, connection, self.hub, self.config)
+        cp = PROTOCOLS.get(ws.subprotocol or SUBPROTOCOL, ChargePoint)(charger_id, connection, self.hub, self.config)
         old = self.hub.connected.get(charger_id)
         self.hub.charger_connected(cp)  # the newest connection owns the charger from now on
         if old is not None:

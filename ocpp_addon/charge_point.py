@@ -180,7 +180,15 @@ def normalize_result(action: str, payload: dict[str, Any]) -> dict[str, Any] | N
 
 
 class ChargePoint(_OcppChargePoint):
-    """A connected charger. Created per WebSocket connection by the central system."""
+    """A connected charger. Created per WebSocket connection by the central system.
+
+    The receive path, rate limit, validation and ``call()`` serve every OCPP version: a
+    version's subclass sets ``ocpp_version`` and ``results`` (its call_result module) and
+    brings its own handlers (charge_point_v201.ChargePoint201).
+    """
+
+    ocpp_version = "1.6"
+    results: Any = call_result
 
     def __init__(self, charger_id: str, connection: Any, hub: Hub, config: dict[str, Any]) -> None:
         super().__init__(charger_id, connection, response_timeout=config["ocpp"]["response_timeout"])
@@ -296,7 +304,7 @@ class ChargePoint(_OcppChargePoint):
             self._warn("%s: dropped a malformed frame without a usable message id (%s): %s", self.id, cause, _short(raw_msg))
             return
         answer = error(details={"cause": cause})
-        self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, _WIRE_CODES.get(answer.code, answer.code), cause, _short(raw_msg))
+        self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, self._wire_code(answer.code), cause, _short(raw_msg))
         await self._send_error(unique_id, answer)
 
     def _route_response(self, msg: list[Any], unique_id: str | None, raw_msg: str) -> None:
@@ -314,28 +322,28 @@ class ChargePoint(_OcppChargePoint):
     async def _handle_call(self, msg: Call) -> None:
         handlers = self.route_map.get(msg.action)
         if not handlers or "_on_action" not in handlers:
-            if validation.known_action(msg.action):
+            if validation.known_action(msg.action, self.ocpp_version):
                 error: OCPPError = NotSupportedError(
                     "Requested Action is recognized but not supported by the receiver",
                     details={"cause": f"{msg.action} is not supported by this central system"})
             else:
                 error = OcppNotImplemented(
-                    "Requested Action is not known by receiver", details={"cause": f"{msg.action} is not an OCPP 1.6 action"})
-            self._warn("%s: answered %s with %s", self.id, _short(msg.action), _WIRE_CODES.get(error.code, error.code))
+                    "Requested Action is not known by receiver", details={"cause": f"{msg.action} is not an OCPP {self.ocpp_version} action"})
+            self._warn("%s: answered %s with %s", self.id, _short(msg.action), self._wire_code(error.code))
             await self._send_error(msg.unique_id, error)
             return
         try:
-            validation.validate_call(msg.action, msg.payload)
+            validation.validate_call(msg.action, msg.payload, self.ocpp_version)
         except OCPPError as err:
             cause = (err.details or {}).get("cause", err.description)
-            fixed = normalize_call(msg.action, msg.payload) if self.lenient else None
+            fixed = self.repaired_call(msg.action, msg.payload) if self.lenient else None
             if fixed is None:
-                self._warn("%s: %s rejected with %s: %s", self.id, msg.action, _WIRE_CODES.get(err.code, err.code), _short(cause))
+                self._warn("%s: %s rejected with %s: %s", self.id, msg.action, self._wire_code(err.code), _short(cause))
                 await self._send_error(msg.unique_id, err)
                 return
             _LOGGER.info("%s: accepted a non-compliant %s (lenient mode): %s", self.id, msg.action, _short(cause))
             msg.payload = fixed
-        connector_id = msg.payload.get("connectorId")
+        connector_id = msg.payload.get("connectorId", msg.payload.get("evseId"))
         if isinstance(connector_id, int) and connector_id > self._max_connectors:
             # Every connector id becomes entities and state keys: a charger inventing thousands must not.
             self._warn("%s: %s for connector %d rejected: above ocpp.max_connectors (%d)", self.id, msg.action, connector_id, self._max_connectors)
@@ -379,7 +387,7 @@ class ChargePoint(_OcppChargePoint):
         action = type(payload).__name__
         request = camel_keys(remove_nones(serialize_as_dict(payload)))
         if not skip_schema_validation:
-            validation.validate_call(action, request)
+            validation.validate_call(action, request, self.ocpp_version)
         unique_id = unique_id or str(self._unique_id_generator())
         async with self._call_lock:
             await self._send(json.dumps([2, unique_id, action, request], separators=(",", ":")))
@@ -394,18 +402,29 @@ class ChargePoint(_OcppChargePoint):
         answer = response.payload
         if not skip_schema_validation:
             try:
-                validation.validate_result(action, answer)
+                validation.validate_result(action, answer, self.ocpp_version)
             except OCPPError as err:
-                lenient = normalize_result(action, answer) if self.lenient else None
+                lenient = self.repaired_result(action, answer) if self.lenient else None
                 if lenient is None:
                     raise InvalidResponse((err.details or {}).get("cause", err.description)) from None
                 _LOGGER.info("%s: accepted a non-compliant %s answer (lenient mode): %s", self.id, action,
                              (err.details or {}).get("cause", err.description))
                 answer = lenient
-        return getattr(call_result, action)(**snake_keys(answer))
+        return getattr(self.results, action)(**snake_keys(answer))
+
+    def _wire_code(self, code: str) -> str:
+        """OCPP 1.6-J spells two error codes differently from 2.0.1 (and the library)."""
+        return _WIRE_CODES.get(code, code) if self.ocpp_version == "1.6" else code
+
+    def repaired_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Lenient mode: the repaired payload, or None (the repairs known are 1.6 firmware quirks)."""
+        return normalize_call(action, payload)
+
+    def repaired_result(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        return normalize_result(action, payload)
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:
-        code = _WIRE_CODES.get(error.code, error.code)
+        code = self._wire_code(error.code)
         await self._send(json.dumps([4, unique_id, code, error.description, error.details or {}], separators=(",", ":")))
 
     async def _send(self, message: str) -> None:
@@ -730,8 +749,7 @@ class ChargePoint(_OcppChargePoint):
                     outcome = {"status": "Invalid", "reason": str(err)}
                     break
                 profile_ids.append(payload["csChargingProfiles"]["chargingProfileId"])
-                outcome = await self._call_status(call.SetChargingProfile(
-                    connector_id=payload["connectorId"], cs_charging_profiles=payload["csChargingProfiles"]))
+                outcome = await self.send_charging_profile(payload)
                 if outcome["status"] != "Accepted":
                     break
             tried.append({**attempt.as_dict(), "limit": wire[0][1], "profile_ids": profile_ids, "status": outcome["status"],
@@ -752,6 +770,11 @@ class ChargePoint(_OcppChargePoint):
             _LOGGER.info("%s: charging profile attempts: %s", self.id,
                          "; ".join(f"{t['purpose']}@{t['connector_ids']}/{t['kind']}/s{t['stack_level']}/{t['unit']}={t['status']}" for t in tried))
         return {**final, "attempts": tried}
+
+    async def send_charging_profile(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One SetChargingProfile built by profiles.build_set_charging_profile (its 2.0.1 twin re-shapes it)."""
+        return await self._call_status(call.SetChargingProfile(connector_id=request["connectorId"],
+                                                               cs_charging_profiles=request["csChargingProfiles"]))
 
     async def execute_clear_charging_limit(self) -> dict[str, Any]:
         """Remove the profiles we installed (ClearChargingProfile by id; by purpose/stack level as a fallback)."""

@@ -130,6 +130,33 @@ def _password_map(value: Any) -> dict[str, str]:
     return result
 
 
+OCPP_VERSIONS = ("2.0.1", "1.6")
+
+
+def _version_map(value: Any) -> dict[str, str]:
+    """``{charge point id: "1.6" | "2.0.1"}``, or the add-on's list form ``[{id: ..., version: ...}]``."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        pairs = []
+        for index, item in enumerate(value):
+            if not isinstance(item, Mapping) or set(item) != {"id", "version"}:
+                raise vol.Invalid(f"entry {index}: expected {{id: <charge point id>, version: 1.6 or 2.0.1}}")
+            pairs.append((item["id"], item["version"]))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise vol.Invalid("expected a mapping of charge point id to OCPP version")
+    result: dict[str, str] = {}
+    for charger_id, version in pairs:
+        if not is_charger_id(charger_id):
+            raise vol.Invalid(f"{str(charger_id)[:70]!r} is not a charge point id matching {CHARGER_ID_PATTERN}")
+        if str(version) not in OCPP_VERSIONS:
+            raise vol.Invalid(f"{charger_id}: OCPP version {str(version)[:20]!r} is not one of {', '.join(OCPP_VERSIONS)}")
+        result[charger_id] = str(version)
+    return result
+
+
 PORT = vol.All(vol.Coerce(int), vol.Range(min=1, max=65535))
 POSITIVE_SECONDS = vol.All(_finite, vol.Range(min=0.1, max=86400))
 
@@ -166,6 +193,10 @@ SCHEMA = vol.Schema(
             # Seconds to wait for a BootNotification before talking to a charger that never sends one.
             vol.Optional("boot_wait", default=5): POSITIVE_SECONDS,
             vol.Optional("require_subprotocol", default=False): vol.Boolean(),
+            # OCPP versions spoken, in order of preference: a station offering several gets the first it offers.
+            vol.Optional("versions", default=list(OCPP_VERSIONS)): [vol.In(OCPP_VERSIONS)],
+            # Per charge point: the one version it is spoken to in (firmware whose 2.0.1 is worse than its 1.6).
+            vol.Optional("charger_versions", default={}): _version_map,
             # Charge point ids ("*": all) whose known firmware quirks are repaired instead of refused.
             vol.Optional("lenient", default=[]): [vol.Any("*", _charger_id)],
             vol.Optional("max_message_size", default=65536): vol.All(vol.Coerce(int), vol.Range(min=1024, max=16 * 2**20)),
@@ -340,6 +371,9 @@ def validate(data: Any) -> dict[str, Any]:
     if bool(ocpp["ssl_certfile"]) != bool(ocpp["ssl_keyfile"]):
         raise ConfigError("ocpp.ssl_certfile/ssl_keyfile: give both for TLS (wss), or neither")
     ocpp["chargers"] = ocpp["chargers"] or []
+    if not ocpp["versions"]:
+        raise ConfigError(f"ocpp.versions = []: name at least one of {', '.join(OCPP_VERSIONS)}")
+    ocpp["versions"] = list(dict.fromkeys(ocpp["versions"]))
     auth = ocpp["auth"]
     has_password = bool(auth["password"] or auth["passwords"])
     if auth["mode"] == "basic" and not has_password:

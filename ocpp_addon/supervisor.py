@@ -42,6 +42,7 @@ RETRY_MAX = 60.0
 LIFTED: dict[str, tuple[str, ...]] = {
     "ocpp_auth": ("ocpp", "auth"),
     "ocpp_auth_passwords": ("ocpp", "auth", "passwords"),
+    "ocpp_charger_versions": ("ocpp", "charger_versions"),
     "charging_profile": ("charging", "profile"),
     "authorization_id_tags": ("authorization", "id_tags"),
 }

@@ -217,7 +217,8 @@ STRING_VALIDATORS = tuple(getattr(config_module, name) for name in (
 # config.py validators of a mapping whose app form is a list of sections (the Supervisor has no free-key mappings).
 LIST_FORMS: dict[Any, dict[str, Any]] = {
     config_module._password_map: {"id": config_module._charger_id, "password": config_module._stored_password},
-} if hasattr(config_module, "_password_map") else {}
+    config_module._version_map: {"id": config_module._charger_id, "version": vol.In(config_module.OCPP_VERSIONS)},
+}
 
 
 @dataclass

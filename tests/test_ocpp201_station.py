@@ -1,0 +1,156 @@
+"""An OCPP 2.0.1 station through the real service: negotiation, state on MQTT, the slider, commands.
+
+The station is ocpp_addon.simulator_v201 (built on the ``ocpp`` library's 2.0.1 classes, which
+validate both directions); the service, mosquitto and the WebSocket are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import websockets
+
+from ocpp_addon.hub import READY
+from ocpp_addon.simulator import SimOptions, connect as connect_16
+from ocpp_addon.simulator_v201 import SimulatedStation, connect
+
+from .conftest import TIMEOUT, MqttProbe, Service
+
+STATE = "ocpp/station-1/state"
+EVENT = "ocpp/station-1/event"
+
+
+async def station(service: Service, station_id: str = "station-1", **options: Any) -> SimulatedStation:
+    options.setdefault("meter_interval", 0)
+    since = len(service.events)
+    sim, task = await connect(service.url, station_id, SimOptions(**options))
+    service.chargers.append((sim, task))  # type: ignore[arg-type]  # closed like 1.6 chargers at the end
+    await service.wait_event(READY, station_id, since=since)
+    await asyncio.wait_for(sim.booted.wait(), TIMEOUT)
+    return sim
+
+
+async def test_both_versions_side_by_side_on_one_port(service: Service, probe: MqttProbe) -> None:
+    sim = await station(service)
+    assert sim._connection.subprotocol == "ocpp2.0.1"
+    old = await service.charger("wallbox-1")
+    assert old._connection.subprotocol == "ocpp1.6"
+    both = await websockets.connect(f"{service.url}/dual-1", subprotocols=["ocpp1.6", "ocpp2.0.1"])
+    assert both.subprotocol == "ocpp2.0.1"  # the newer one, when offered
+    await both.close()
+    state = await probe.wait_json(STATE, lambda d: d.get("status") == "Preparing" or d.get("transaction_id"))
+    assert state is not None
+    config = await probe.wait_json("homeassistant/device/station-1/config", lambda d: d["device"].get("manufacturer") == "Simulated")
+    assert config["device"]["model"] == "SimCharger 22" and "charging_limit" in config["components"]
+
+
+async def test_a_station_can_be_held_to_1_6(service_factory: Any) -> None:
+    service = await service_factory(ocpp={"charger_versions": {"dual-1": "1.6"}, "versions": ["2.0.1", "1.6"]})
+    held = await websockets.connect(f"{service.url}/dual-1", subprotocols=["ocpp2.0.1", "ocpp1.6"])
+    assert held.subprotocol == "ocpp1.6"
+    await held.close()
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(f"{service.url}/dual-1", subprotocols=["ocpp2.0.1"])
+    assert refused.value.response.status_code == 400
+
+
+async def test_transaction_and_meter_values_reach_the_state_topic(service: Service, probe: MqttProbe) -> None:
+    sim = await station(service, phases=1)
+    started = await probe.wait_json(STATE, lambda d: d.get("transaction_id") == sim.transaction_id)
+    assert started["status"] == "Charging" and started["id_tag"] == "SIMTAG"
+    await sim.send_meter_values()
+    state = await probe.wait_json(STATE, lambda d: d.get("power") is not None and d["power"] > 0)
+    assert state["energy"] == pytest.approx(round(sim.energy_wh) / 1000)
+    assert state["current"] == 32.0 and "current_l2" not in state
+    assert state["soc"] == 40
+    await sim.stop_transaction()
+    ended = await probe.wait_json(STATE, lambda d: d.get("transaction_id") is None and d.get("stop_reason") == "Local")
+    assert ended["status"] == "Finishing"  # ended, cable still in: until the station says Available
+    await probe.wait_json(STATE, lambda d: d.get("status") == "Available" and d.get("stop_reason") == "Local")
+
+
+async def test_the_slider_sends_a_2_0_1_profile_and_shows_what_was_accepted(service: Service, probe: MqttProbe) -> None:
+    sim = await station(service)
+    mark = len(sim.received)
+    probe.publish("ocpp/station-1/charging_limit/set", "10")
+    event = await probe.wait_json(EVENT, lambda d: d.get("command") == "charging_limit" and d.get("status") == "Accepted")
+    request = await sim.wait_for_call("SetChargingProfile", since=mark)
+    period = request["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
+    assert period["limit"] == 10 and request["chargingProfile"]["chargingSchedule"][0]["chargingRateUnit"] == "A"
+    assert sim.limit_amps == 10 and event["limit"] == 10
+    state = await probe.wait_json(STATE, lambda d: d.get("charging_limit") == 10)
+    assert state["charging_limit_unit"] == "A"
+
+
+async def test_capabilities_come_from_the_device_model(service: Service, probe: MqttProbe) -> None:
+    sim = await station(service, allowed_units=("W",), connectors=2)
+    await sim.wait_for_call("GetVariables")
+    state = await probe.wait_json(STATE, lambda d: d.get("smart_charging") not in (None,))
+    assert state["smart_charging"] in ("supported", "not supported") or "on connector" in state["smart_charging"]
+    cp = service.app.hub.connected["station-1"]
+    await asyncio.wait_for(cp.configured.wait(), TIMEOUT)
+    assert cp.state.capabilities["allowed_units"] == ["W"] and cp.state.capabilities["phases"] == 3
+    await probe.wait_json(STATE, lambda d: d.get("connector_2_status") == "Available")
+    mark = len(sim.received)
+    probe.publish("ocpp/station-1/charging_limit/set", "16")
+    await probe.wait_json(EVENT, lambda d: d.get("command") == "charging_limit" and d.get("status") == "Accepted")
+    request = await sim.wait_for_call("SetChargingProfile", since=mark)
+    assert request["chargingProfile"]["chargingSchedule"][0]["chargingRateUnit"] == "W"
+
+
+async def test_commands_speak_2_0_1(service: Service, probe: MqttProbe) -> None:
+    sim = await station(service)
+    for topic, payload, action in [("reset/set", "Soft", "Reset"), ("unlock/set", "1", "UnlockConnector"),
+                                   ("refresh/set", "now", "TriggerMessage"), ("available/set", "OFF", "ChangeAvailability")]:
+        mark = len(sim.received)
+        probe.publish(f"ocpp/station-1/{topic}", payload)
+        await sim.wait_for_call(action, since=mark)
+    reset = [p for a, p in sim.received if a == "Reset"][-1]
+    assert reset["type"] == "OnIdle"
+    unavailable = await probe.wait_json(STATE, lambda d: d.get("available") == "OFF")
+    assert unavailable["status"] == "Unavailable"
+    mark = len(sim.received)
+    probe.publish("ocpp/station-1/charging/set", "OFF")
+    stop = await sim.wait_for_call("RequestStopTransaction", since=mark)
+    assert stop["transactionId"] == sim.transaction_id or sim.transaction_id is None
+
+
+async def test_a_1_6_action_from_a_2_0_1_station_is_not_implemented(service: Service) -> None:
+    ws = await websockets.connect(f"{service.url}/raw-201", subprotocols=["ocpp2.0.1"])
+    await ws.send(json.dumps([2, "m1", "StartTransaction", {"connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "2026-12-07T12:00:00Z"}]))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert answer[:3] == [4, "m1", "NotImplemented"]
+    await ws.send(json.dumps([2, "m2", "NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "AC_three_phase"}}]))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert answer[:3] == [4, "m2", "NotSupported"]
+    await ws.send(json.dumps([2, "m3", "Heartbeat", {"extra": 1}]))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert answer[:3] == [4, "m3", "FormatViolation"]  # the 2.0.1 spelling (1.6: FormationViolation)
+    await ws.close()
+
+
+async def test_a_1_6_charger_still_gets_1_6_spellings(service: Service) -> None:
+    sim, task = await connect_16(service.url, "old-1", SimOptions(meter_interval=0))
+    try:
+        assert sim._connection.subprotocol == "ocpp1.6"
+    finally:
+        await sim._connection.close()
+        task.cancel()
+
+
+@pytest.mark.parametrize(("ocpp", "error"), [
+    ({"versions": []}, "ocpp.versions = []: name at least one of 2.0.1, 1.6"),
+    ({"versions": ["2.0"]}, "2.0"),
+    ({"charger_versions": {"wb/1": "1.6"}}, "is not a charge point id"),
+    ({"charger_versions": {"wb-1": "1.5"}}, "wb-1: OCPP version '1.5' is not one of 2.0.1, 1.6"),
+    ({"charger_versions": [{"id": "wb-1"}]}, "entry 0: expected {id: <charge point id>, version: 1.6 or 2.0.1}"),
+])
+def test_version_settings_are_checked(ocpp: dict[str, Any], error: str) -> None:
+    from ocpp_addon import config
+
+    with pytest.raises(config.ConfigError) as raised:
+        config.validate({"ocpp": ocpp})
+    assert error in str(raised.value)
