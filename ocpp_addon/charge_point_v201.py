@@ -246,8 +246,43 @@ class ChargePoint201(ChargePoint):
             results = outcome.get("response", {}).get("getVariableResult")
             if results is not None:
                 self._learn(list(ocpp201.variable_rows(results)))
+                await self._configure_sampling()
         finally:
             self.configured.set()
+
+    async def _set_variable(self, component: str, variable: str, value: str) -> str:
+        """One SetVariables; the attribute status (Accepted, Rejected, RebootRequired, ...) or the call's failure."""
+        outcome = await self._call_status(call.SetVariables(set_variable_data=[
+            {"component": {"name": component}, "variable": {"name": variable}, "attribute_value": value}]))
+        results = outcome.get("response", {}).get("setVariableResult") or []
+        return str(results[0].get("attributeStatus")) if results and isinstance(results[0], dict) else outcome["status"]
+
+    async def _configure_sampling(self) -> None:
+        """TxUpdatedInterval / TxUpdatedMeasurands from ``meter_values`` where they differ, read back.
+
+        As for 1.6 (ABB boot-looped on blanket configuration): change only what differs; a refused
+        measurand list is narrowed to the measurands the station accepts one by one, never to none.
+        """
+        wanted = self.config["meter_values"]
+        caps = self.state.capabilities
+        ok = ("Accepted", "RebootRequired")
+        changed = False
+        interval = wanted["sample_interval"]
+        if interval is not None and caps.get("meter_value_sample_interval") != interval:
+            changed = await self._set_variable("SampledDataCtrlr", "TxUpdatedInterval", str(interval)) in ok or changed
+        measurands, current = wanted["sampled_data"], caps.get("meter_values_sampled_data")
+        if measurands and current is not None and set(measurands) != set(current):
+            if await self._set_variable("SampledDataCtrlr", "TxUpdatedMeasurands", ",".join(measurands)) not in ok:
+                accepted = [m for m in measurands if await self._set_variable("SampledDataCtrlr", "TxUpdatedMeasurands", m) in ok]
+                kept = ",".join(accepted) or ",".join(current) or "Energy.Active.Import.Register"
+                await self._set_variable("SampledDataCtrlr", "TxUpdatedMeasurands", kept)
+                _LOGGER.warning("%s: station refused TxUpdatedMeasurands %s; kept %s", self.id, ",".join(measurands), kept)
+            changed = True
+        if changed:
+            readback = await self._call_status(call.GetVariables(get_variable_data=[
+                {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": name}}
+                for name in ("TxUpdatedMeasurands", "TxUpdatedInterval")]))
+            self._learn(list(ocpp201.variable_rows(readback.get("response", {}).get("getVariableResult"))))
 
     # -- commands (us -> station) ----------------------------------------------------------
 

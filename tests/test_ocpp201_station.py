@@ -94,6 +94,7 @@ async def test_capabilities_come_from_the_device_model(service: Service, probe: 
     cp = service.app.hub.connected["station-1"]
     await asyncio.wait_for(cp.configured.wait(), TIMEOUT)
     assert cp.state.capabilities["allowed_units"] == ["W"] and cp.state.capabilities["phases"] == 3
+    assert sim.calls("SetVariables") == []  # nothing configured, nothing written
     await probe.wait_json(STATE, lambda d: d.get("connector_2_status") == "Available")
     mark = len(sim.received)
     probe.publish("ocpp/station-1/charging_limit/set", "16")
@@ -193,3 +194,17 @@ async def test_real_stations_frames_are_answered_and_the_connection_kept(service
     alive = await exchange(ws, [2, "h", "Heartbeat", {}])
     assert alive[0] == 3
     await ws.close()
+
+
+async def test_sampling_is_set_where_it_differs_and_a_refused_list_is_narrowed(service_factory: Any) -> None:
+    service = await service_factory(meter_values={"sample_interval": 15,
+                                                  "sampled_data": ["Energy.Active.Import.Register", "Power.Active.Import", "RPM"]})
+    sim = await station(service)
+    cp = service.app.hub.connected["station-1"]
+    await asyncio.wait_for(cp.configured.wait(), TIMEOUT)
+    model = sim.device_model
+    assert model[("SampledDataCtrlr", None, "TxUpdatedInterval")].value == "15"
+    # RPM is not in this station's valuesList: the list is refused, then narrowed to what it accepts.
+    assert model[("SampledDataCtrlr", None, "TxUpdatedMeasurands")].value == "Energy.Active.Import.Register,Power.Active.Import"
+    assert cp.state.capabilities["meter_values_sampled_data"] == ["Energy.Active.Import.Register", "Power.Active.Import"]
+    assert cp.state.capabilities["meter_value_sample_interval"] == 15
