@@ -179,7 +179,10 @@ class Service:
         """Connect a simulated charger and wait until the service has it ready for commands."""
         options.setdefault("meter_interval", 0)
         since = len(self.events)
-        sim, task = await connect(self.url, charger_id, SimOptions(**options))
+        dial = connect
+        if options.pop("ocpp", "1.6") == "2.0.1":  # an OCPP 2.0.1 station (simulator_v201), same interface
+            from ocpp_addon.simulator_v201 import connect as dial  # type: ignore[assignment]
+        sim, task = await dial(self.url, charger_id, SimOptions(**options))
         self.chargers.append((sim, task))
         await self.wait_event(READY, charger_id, since=since)
         await asyncio.wait_for(sim.booted.wait(), TIMEOUT)

@@ -2,7 +2,8 @@
 
 A real HA core (scripts/ha_venv.sh) and a real mosquitto on 127.0.0.1 (session fixtures from conftest.py),
 our service in-process (``tests.conftest.Service``: the real ``ocpp_addon.app.App``) and two simulated
-chargers: ``wallbox-1`` accepts charging profiles, ``wallbox-2`` (single phase) rejects them.
+chargers: ``wallbox-1`` accepts charging profiles, ``wallbox-2`` (single phase) rejects them, and an
+OCPP 2.0.1 station ``station-3`` beside them on the same port.
 
 Everything is checked through Home Assistant's own APIs (REST states, websocket registries, service
 calls); our MQTT traffic is only read to learn what we announced (the retained discovery payloads) and
@@ -40,10 +41,12 @@ pytestmark = [pytest.mark.ha_e2e, pytest.mark.timeout(900), pytest.mark.asyncio(
 
 ACCEPTING = "wallbox-1"
 REJECTING = "wallbox-2"
+STATION = "station-3"  # OCPP 2.0.1
 CHARGERS: dict[str, dict[str, Any]] = {
     ACCEPTING: {"vendor": "ACME", "model": "Wallbox 22", "firmware": "2.3.4", "serial": "ACME-0001"},
     REJECTING: {"vendor": "Contoso", "model": "Home 7", "firmware": "0.9.1", "serial": "C-42", "phases": 1,
                 "profile_status": "Rejected"},
+    STATION: {"ocpp": "2.0.1", "vendor": "Fabrikam", "model": "EVSE 2", "firmware": "2.0.1-b7", "serial": "F-9"},
 }
 PREFIX = "homeassistant"
 BASE = "ocpp"
@@ -266,7 +269,7 @@ async def rig(home_assistant: HomeAssistant, e2e_broker: Mosquitto, tmp_path_fac
 
         missing = await rig.eventually(registered, timeout=60)
         assert not missing, f"HA never registered {missing}\n{home_assistant.log_tail(80)}"
-        rig.timings.append(("setup (service, 2 chargers, HA registers every entity)", time.monotonic() - t0))
+        rig.timings.append(("setup (service, 3 chargers, HA registers every entity)", time.monotonic() - t0))
         yield rig
     finally:
         await service.stop()
@@ -372,6 +375,23 @@ async def test_charging_limit_accepted(rig: Rig) -> None:
     assert event["status"] == "Accepted"
 
 
+async def test_charging_limit_accepted_by_a_2_0_1_station(rig: Rig) -> None:
+    """The same slider on a 2.0.1 station: SetChargingProfile in 2.0.1 shape, the accepted value in HA."""
+    limit = rig.eid(STATION, "charging_limit")
+    sim = rig.sims[STATION]
+    since, mark = rig.probe.mark(), len(sim.received)
+    await rig.ha.call_service("number", "set_value", {"entity_id": limit, "value": 12})
+    request = await sim.wait_for_call("SetChargingProfile", timeout=WAIT, since=mark)
+    schedule = request["chargingProfile"]["chargingSchedule"][0]
+    assert (schedule["chargingRateUnit"], schedule["chargingSchedulePeriod"][0]["limit"]) == ("A", 12)
+    assert request["evseId"] == 0  # TxDefaultProfile for the whole station, as for 1.6 connector 0
+    await rig.wait_value(limit, 12)
+    assert sim.limit_amps == 12  # what HA shows is what the station accepted
+    await rig.wait_value(rig.eid(STATION, "effective_limit"), 12)  # GetCompositeSchedule (2.0.1) read-back
+    event = await rig.event(STATION, lambda d: d.get("command") == "charging_limit" and d.get("limit") == 12, since)
+    assert event["status"] == "Accepted"
+
+
 async def test_charging_limit_rejected_keeps_the_old_value(rig: Rig) -> None:
     sim = rig.sims[REJECTING]
     limit = rig.eid(REJECTING, "charging_limit")
@@ -448,7 +468,7 @@ async def test_a_stopped_charger_turns_unavailable(rig: Rig) -> None:
 
     problems = await rig.eventually(check)
     assert not problems, "\n".join(problems)
-    await rig.wait_value(rig.bridge_entity("connected_chargers"), 1)
+    await rig.wait_value(rig.bridge_entity("connected_chargers"), len(CHARGERS) - 1)
 
 
 async def test_restarting_home_assistant_brings_every_entity_back(rig: Rig) -> None:
