@@ -208,3 +208,17 @@ async def test_sampling_is_set_where_it_differs_and_a_refused_list_is_narrowed(s
     assert model[("SampledDataCtrlr", None, "TxUpdatedMeasurands")].value == "Energy.Active.Import.Register,Power.Active.Import"
     assert cp.state.capabilities["meter_values_sampled_data"] == ["Energy.Active.Import.Register", "Power.Active.Import"]
     assert cp.state.capabilities["meter_value_sample_interval"] == 15
+
+
+async def test_a_station_without_smart_charging_that_never_boots(service: Service, probe: MqttProbe) -> None:
+    sim = await station(service, send_boot=False, profile_status="NotSupported")  # READY after ocpp.boot_wait
+    cp = service.app.hub.connected["station-1"]
+    await asyncio.wait_for(cp.configured.wait(), TIMEOUT)
+    assert cp.state.capabilities["smart_charging"] is False
+    mark = len(sim.received)
+    probe.publish("ocpp/station-1/charging_limit/set", "10")
+    event = await probe.wait_json(EVENT, lambda d: d.get("command") == "charging_limit" and d.get("status") not in ("Queued",))
+    assert event["status"] != "Accepted" and "NotSupported" in json.dumps(event)
+    assert len([a for a, _ in sim.received[mark:] if a == "SetChargingProfile"]) <= 1  # no ladder walk
+    state = await probe.wait_json(STATE, lambda d: "charging_limit" in d)
+    assert state["charging_limit"] is None  # nothing accepted, nothing shown
