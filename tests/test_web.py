@@ -1,0 +1,209 @@
+"""The chargers page's server (ocpp_addon/web.py) without a browser: who may connect, what the
+ingress prefix does, the frame capture and its cost, the commands' validation.
+
+Real parts throughout: the service with mosquitto, simulated chargers, aiohttp clients on
+loopback (127.0.0.2 plays a stranger, 127.0.0.1 the ingress proxy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+import pytest
+
+from ocpp_addon import config as config_module, supervisor
+from ocpp_addon.auth import hash_password
+from ocpp_addon.web import frame_summary, ingress_prefix
+
+from .conftest import TIMEOUT, Service
+from .ingress_proxy import INGRESS_PATH, IngressProxy
+
+
+def web_section(**overrides: Any) -> dict[str, Any]:
+    section = {"enabled": True, "ingress": True, "ingress_proxy": "127.0.0.1", "host": "127.0.0.1", "port": 0}
+    section.update(overrides)
+    return section
+
+
+def base_url(svc: Service) -> str:
+    return f"http://127.0.0.1:{svc.app.web.port}"
+
+
+@pytest.fixture
+async def stranger() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client on another loopback address: not the ingress proxy."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as session:
+        yield session
+
+
+@pytest.fixture
+async def proxy_client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))) as session:
+        yield session
+
+
+class PageSocket:
+    """The page's WebSocket, read as the browser would: messages in order, waited on with a timeout."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(message))
+
+    async def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT) -> dict[str, Any]:
+        for message in self.seen:
+            if predicate(message):
+                return message
+
+        async def read() -> dict[str, Any]:
+            while True:
+                message = json.loads(await self.ws.receive_str())
+                self.seen.append(message)
+                if predicate(message):
+                    return message
+
+        return await asyncio.wait_for(read(), timeout)
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def test_ingress_prefix_takes_the_supervisors_path_and_nothing_else() -> None:
+    assert ingress_prefix("/api/hassio_ingress/AbC-12_x/") == "/api/hassio_ingress/AbC-12_x"
+    assert ingress_prefix(None) == ""
+    for odd in ('/x"><script>', "//evil.example/x", "relative", "/a/../b", "/a b", "/x\n"):
+        assert ingress_prefix(odd) == "", odd
+
+
+def test_frames_are_labelled_with_the_action_their_answer_belongs_to() -> None:
+    pending: dict[str, str] = {}
+    call = frame_summary("in", '[2,"7","Heartbeat",{}]', pending)
+    answer = frame_summary("out", '[3,"7",{"currentTime":"2026-01-01T00:00:00Z"}]', pending)
+    ours = frame_summary("out", '[2,"a1","Reset",{"type":"Soft"}]', pending)
+    error = frame_summary("in", '[4,"a1","NotImplemented","",{}]', pending)
+    junk = frame_summary("in", "not json", pending)
+    assert (call["type"], call["action"], answer["type"], answer["action"]) == ("CALL", "Heartbeat", "CALLRESULT", "Heartbeat")
+    assert (ours["action"], error["type"], error["action"]) == ("Reset", "CALLERROR", "Reset")
+    assert (junk["type"], junk["action"], junk["text"]) == ("?", "", "not json")
+    assert pending == {}
+    huge = frame_summary("in", "x" * 100_000, pending)
+    assert len(huge["text"]) < 17_000 and huge["text"].endswith("(100000 characters)")
+
+
+def test_standalone_needs_a_password_and_the_add_on_serves_ingress(tmp_path: Path) -> None:
+    with pytest.raises(config_module.ConfigError, match="web.password"):
+        config_module.validate({"web": {"enabled": True}})
+    assert config_module.validate({})["web"]["enabled"] is False  # off unless asked for
+    with pytest.raises(config_module.ConfigError, match="web.ingress_proxy"):
+        config_module.validate({"web": {"ingress_proxy": "proxy.example"}})
+    options = tmp_path / "options.json"
+    options.write_text("{}", encoding="utf-8")
+    _, config = supervisor.load({"OCPP_ADDON_OPTIONS": str(options)})
+    web = config["web"]
+    assert (web["enabled"], web["ingress"], web["host"], web["port"], web["ingress_proxy"]) == (True, True, "0.0.0.0", 8099, "172.30.32.2")
+
+
+# -- served -------------------------------------------------------------------------------------
+
+
+async def test_only_the_ingress_proxy_is_let_in_and_every_url_follows_x_ingress_path(
+        service_factory: Callable[..., Any], stranger: aiohttp.ClientSession, proxy_client: aiohttp.ClientSession) -> None:
+    svc = await service_factory(web=web_section())
+    for path in ("/", "/ws", "/static/app.js"):
+        async with stranger.get(base_url(svc) + path) as response:
+            assert response.status == 403, path
+    async with proxy_client.get(base_url(svc) + "/", headers={"X-Ingress-Path": INGRESS_PATH}) as response:
+        assert response.status == 200
+        page = await response.text()
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'")
+    assert f'<base href="{INGRESS_PATH}/">' in page
+    # No absolute URL anywhere on the page: each resolves under the ingress prefix.
+    assert 'src="/' not in page and 'href="/' not in page.replace(f'<base href="{INGRESS_PATH}/">', "")
+    async with proxy_client.get(base_url(svc) + "/", headers={"X-Ingress-Path": '/x"><script>alert(1)</script>'}) as response:
+        assert '<base href="/">' in await response.text()
+    async with proxy_client.get(base_url(svc) + "/static/app.js") as response:
+        assert response.status == 200 and response.content_type == "text/javascript"
+    async with proxy_client.get(base_url(svc) + "/static/..%2fweb.py") as response:
+        assert response.status == 404
+
+
+async def test_standalone_asks_for_the_password_and_refuses_other_sites_websockets(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession) -> None:
+    svc = await service_factory(web={"enabled": True, "host": "127.0.0.1", "port": 0, "password": hash_password("s3cret", 1000)})
+    url = base_url(svc)
+    async with proxy_client.get(url + "/") as response:
+        assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:guess").decode()}
+    async with proxy_client.get(url + "/", headers=wrong) as response:
+        assert response.status == 401
+    right = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
+    async with proxy_client.get(url + "/", headers=right) as response:
+        assert response.status == 200
+    async with proxy_client.get(url + "/ws", headers={**right, "Origin": "http://evil.example", "Upgrade": "websocket",
+                                                      "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                      "Sec-WebSocket-Version": "13"}) as response:
+        assert response.status == 403
+    async with proxy_client.ws_connect(url.replace("http", "ws") + "/ws", headers={**right, "Origin": url}) as ws:
+        hello = json.loads(await ws.receive_str(timeout=TIMEOUT))
+        assert hello["type"] == "hello" and hello["chargers"] == []
+
+
+async def test_frames_are_captured_only_while_a_page_is_open_and_kept_in_a_bounded_buffer(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession) -> None:
+    svc = await service_factory(web=web_section(frames_per_charger=10))
+    sim = await svc.charger("wallbox-1")
+    hub, page = svc.app.hub, svc.app.web
+    assert hub.frame_tap is None and page.frames == {}  # nobody looks: nothing is captured
+    async with proxy_client.ws_connect(base_url(svc).replace("http", "ws") + "/ws") as ws:
+        sock = PageSocket(ws)
+        hello = await sock.wait(lambda m: m["type"] == "hello")
+        assert [c["id"] for c in hello["chargers"]] == ["wallbox-1"]
+        assert hello["chargers"][0]["vendor"] == "Simulated"
+        assert hub.frame_tap is not None
+        await sock.send({"type": "watch", "id": "wallbox-1"})
+        await sock.wait(lambda m: m["type"] == "frames" and m["id"] == "wallbox-1")
+        for _ in range(8):  # 16 frames: 8 CALLs in, 8 answers out
+            await sim.send_meter_values()
+        answer = await sock.wait(lambda m: m["type"] == "frame" and m["frame"]["dir"] == "out" and m["frame"]["action"] == "MeterValues")
+        assert answer["frame"]["type"] == "CALLRESULT"
+        update = await sock.wait(lambda m: m["type"] == "charger" and m["charger"]["power"] is not None)
+        assert update["charger"]["connected"] is True
+        await sock.wait(lambda m: sum(x["type"] == "frame" for x in sock.seen) >= 16)
+        assert len(page.frames["wallbox-1"]) == 10
+    await asyncio.wait_for(page.nobody_looks.wait(), TIMEOUT)  # the page closed: the tap is gone again
+    assert hub.frame_tap is None
+
+
+async def test_commands_from_the_page_take_the_mqtt_paths_and_validation(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession) -> None:
+    svc = await service_factory(web=web_section())
+    sim = await svc.charger("wallbox-1")
+    async with proxy_client.ws_connect(base_url(svc).replace("http", "ws") + "/ws") as ws:
+        sock = PageSocket(ws)
+        await sock.wait(lambda m: m["type"] == "hello")
+        await sock.send({"type": "command", "id": "wallbox-1", "command": "charging_limit", "payload": "99999"})
+        refused = await sock.wait(lambda m: m["type"] == "result" and m["result"]["status"] == "Invalid")
+        assert "charging_limit" == refused["result"]["command"]
+        await sock.send({"type": "command", "id": "wallbox-1", "command": "reset", "payload": "<b>Now</b>"})
+        bad_reset = await sock.wait(lambda m: m["type"] == "result" and m["result"]["command"] == "reset")
+        assert bad_reset["result"]["status"] == "Invalid"
+        await sock.send({"type": "command", "id": "wallbox-1", "command": "charging_limit", "payload": "12"})
+        await sim.wait_for_call("SetChargingProfile", lambda p: p["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 12)
+        applied = await sock.wait(lambda m: m["type"] == "charger" and m["charger"]["charging_limit"] == 12)
+        assert "limit_reason" not in applied["charger"]
+        await sock.send({"type": "command", "id": "wallbox-1", "command": "refresh", "payload": "refresh"})
+        await sim.wait_for_call("TriggerMessage")
+        await sock.send({"type": "command", "id": "nobody", "command": "reset", "payload": "Soft"})
+        await sock.wait(lambda m: m["type"] == "error" and m["reason"] == "unknown charger")
+        await sock.send({"type": "change_configuration", "id": "wallbox-1", "key": "NumberOfConnectors", "value": "4"})
+        rejected = await sock.wait(lambda m: m["type"] == "result" and m["result"]["command"] == "change_configuration")
+        assert rejected["result"]["status"] == "Rejected"
+        last = await sock.wait(lambda m: m["type"] == "charger" and (m["charger"].get("last_error") or {}).get("command") == "change_configuration")
+        assert last["charger"]["last_error"]["status"] == "Rejected"
