@@ -88,6 +88,7 @@ function receive(msg) {
     case "frames":
       if (msg.id !== selected) break;
       frames = msg.frames.slice().reverse();
+      document.body.dataset.watching = msg.id;
       actions.clear();
       for (const f of frames) if (f.action) actions.add(f.action);
       held = 0;
