@@ -59,6 +59,7 @@ NOT_OPTIONS: dict[tuple[str, ...], str] = {
     ("mqtt", "embedded_broker"): "the broker comes from the Supervisor (the Mosquitto broker app) or mqtt.host",
     ("mqtt", "ocpp_topics"): "the app's ocpp/* topics are what Home Assistant uses; only a BEMcom drop-in turns them off",
     ("bemcom", "drop_in"): "the app is configured by its options, never the BEMcom way (environment only)",
+    ("web",): "the chargers page is Home Assistant's ingress panel; nothing in it to choose",
     ("web", "enabled"): "the chargers page is always on, in Home Assistant's sidebar (ingress)",
     ("web", "host"): "the container listens on all its interfaces; only the ingress proxy is let in",
     ("web", "port"): "config.yaml's ingress_port",
@@ -142,6 +143,8 @@ def load(env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str
     if isinstance(web, dict):
         for key, value in WEB.items():
             web.setdefault(key, value)
+        if env.get("OCPP_ADDON_INGRESS_PORT"):  # tests: several copies on one machine's network
+            web["port"] = env["OCPP_ADDON_INGRESS_PORT"]
     _resolve_ssl_paths(data)
     data = config_module.apply_environment(data, env)
     return data, config_module.validate(data)

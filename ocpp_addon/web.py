@@ -197,7 +197,15 @@ class WebSink:
         self._runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.web_config["host"], self.web_config["port"])
-        await site.start()
+        try:
+            await site.start()
+        except OSError as err:
+            # The page is a window onto the chargers, not part of serving them: go on without it.
+            _LOGGER.error("chargers page: cannot listen on %s:%d (%s); chargers are served without the page",
+                          self.web_config["host"], self.web_config["port"], err.strerror or err)
+            await self._runner.cleanup()
+            self._runner = None
+            return
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.web_config["port"]

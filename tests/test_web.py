@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -207,3 +208,13 @@ async def test_commands_from_the_page_take_the_mqtt_paths_and_validation(
         assert rejected["result"]["status"] == "Rejected"
         last = await sock.wait(lambda m: m["type"] == "charger" and (m["charger"].get("last_error") or {}).get("command") == "change_configuration")
         assert last["charger"]["last_error"]["status"] == "Rejected"
+
+
+async def test_a_taken_port_costs_the_page_not_the_chargers(service_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        svc = await service_factory(web=web_section(port=taken.getsockname()[1]))
+        assert "chargers page: cannot listen on 127.0.0.1" in caplog.text
+        sim = await svc.charger("wallbox-1")  # chargers are served all the same
+        assert sim.booted.is_set()

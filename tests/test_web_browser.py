@@ -22,11 +22,10 @@ from .ingress_proxy import INGRESS_PATH, IngressProxy
 
 EVIL = "<img src=x onerror=alert(1)>"
 
-pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=browser.missing() or "")
-
-
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    if browser.missing() is not None:
+        pytest.fail(browser.missing())
     driver = browser.start_browser(width=1280, height=900)
     yield driver
     driver.quit()
