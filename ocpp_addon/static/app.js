@@ -122,7 +122,7 @@ function renderList() {
     const button = el("button", { class: "charger" + (c.id === selected ? " selected" : ""), type: "button",
                                  dataset: { chargerId: c.id }, onclick: () => select(c.id) },
       el("div", { class: "name" }, el("span", { class: "dot" + (c.connected ? " on" : "") }), c.id),
-      el("div", { class: "sub" }, [c.status || (c.connected ? "connected" : "offline"), fmt(c.power, "W", 0)].join(" · ")),
+      el("div", { class: "sub" }, [c.status || (c.connected ? "connected" : "offline"), c.power === null ? null : fmt(c.power, "W", 0)].filter(Boolean).join(" · ")),
       el("div", { class: "sub" }, [c.vendor, c.model].filter(Boolean).join(" ") || "–"));
     nav.append(button);
   }
@@ -194,11 +194,11 @@ function renderDetail() {
   const error = $("d-error");
   if (c.last_error) {
     const e = c.last_error;
-    error.textContent = `${when(e.time)} ${e.command} ${e.status}${e.reason ? ": " + e.reason : ""}`;
-    error.className = "bad";
+    error.textContent = `Last error, ${when(e.time)}: ${e.command} ${e.status}${e.reason ? " (" + e.reason + ")" : ""}`;
+    error.className = "banner bad";
   } else {
-    error.textContent = "none";
-    error.className = "muted";
+    error.textContent = "Last error: none";
+    error.className = "banner muted";
   }
 }
 
@@ -238,7 +238,7 @@ function renderFrames() {
       el("td", { title: f.dir === "in" ? "from the charger" : "to the charger" }, f.dir === "in" ? "⇠" : "⇢"),
       el("td", {}, f.type),
       el("td", {}, f.action),
-      el("td", { class: "text" }, f.text)));
+      el("td", { class: "text" }, el("div", { title: "click to show all", onclick: (e) => e.currentTarget.classList.toggle("open") }, f.text))));
     if (rows.length >= 300) break;
   }
   body.replaceChildren(...rows);
