@@ -19,9 +19,10 @@ connected, and frames are captured only while one is (the hub's ``frame_tap`` is
 otherwise, one attribute check per frame). Frames live in a bounded buffer per charger in
 memory; nothing is written to disk.
 
-Commands from the page go through the same hub paths and the same parsers as MQTT commands
-(``parse_limit_payload``, ``parse_switch``, the hub's range check), and their results come
-back as the hub's RESULT events, as they do for the MQTT event topic.
+Commands from the page run the MQTT command topics' own functions (``homeassistant.COMMANDS``:
+the same parsing, the same checks, the same hub calls), and their results come back as the
+hub's RESULT events, as they do for the MQTT event topic. Reading the configuration keys is
+the exception: its answer goes to the asking page only (see ``_get_configuration``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from aiohttp import WSMsgType, web
 
 from . import __version__
 from .auth import parse_basic, verify
-from .homeassistant import parse_limit_payload, parse_switch
+from .homeassistant import COMMANDS
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, READY, REMOVED, RESULT, UPDATED, Event, Hub
 from .profiles import SetpointError
 from .state import ChargerState
@@ -58,7 +59,8 @@ MAX_CLIENT_MESSAGE = 8192  # bytes of one message from the page (commands are ti
 MAX_CLIENT_QUEUE = 1000  # messages waiting for a slow browser before it is dropped
 # Results that are no error: the page shows them, but they do not become the charger's "last error".
 _FINE = frozenset({"Accepted", "Unchanged", "Queued", "Scheduled", "RebootRequired", "Unlocked"})
-# Plain statuses of the CALLs the page may read or change.
+# The MQTT command topics the page has controls for (not charging_schedule, not remove).
+PAGE_COMMANDS = frozenset({"charging_limit", "charging", "available", "reset", "unlock", "refresh", "clear_limit"})
 _CONFIG_KEY_RE = re.compile(r"[A-Za-z0-9._:-]{1,50}", re.ASCII)  # CiString50; printable ASCII kept narrow on purpose
 _SECURITY_HEADERS = {
     # Defence in depth behind escaping every charger-supplied string: no inline script, nothing from elsewhere.
@@ -312,6 +314,7 @@ class WebSink:
             return
         if kind == REMOVED:
             self.frames.pop(cid, None)
+            self._pending.pop(cid, None)
             self._extra.pop(cid, None)
             self._broadcast({"type": "removed", "id": cid})
             return
@@ -324,6 +327,8 @@ class WebSink:
                 asyncio.get_running_loop().call_soon(self._flush)
 
     def _on_result(self, cid: str, data: dict[str, Any]) -> None:
+        if cid not in self.hub.states:
+            return  # e.g. an MQTT command for an id that never connected: no page shows it, keep nothing
         status = str(data.get("status"))
         extra = self._extra.setdefault(cid, {})
         if status not in _FINE:
@@ -333,11 +338,10 @@ class WebSink:
             extra["limit_reason"] = f"{status}: {data['reason']}" if data.get("reason") else status
         if self.clients:
             self._broadcast({"type": "result", "id": cid, "result": data})
-            if cid in self.hub.states:
-                self._dirty.add(cid)
-                if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    asyncio.get_running_loop().call_soon(self._flush)
+            self._dirty.add(cid)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -396,46 +400,30 @@ class WebSink:
             client.send({"type": "error", "reason": "unknown request"})
 
     def _command(self, client: _Client, cid: str, command: str, payload: Any) -> None:
-        """The page's controls, with the MQTT command topics' parsers and the hub's paths."""
+        """The page's controls: the MQTT command topics' own functions (same parsing, same checks,
+        same hub calls), fed the payload the page's button or field would publish there."""
+        handler = COMMANDS.get(command) if command in PAGE_COMMANDS else None
+        if handler is None:
+            self.hub.result(cid, command=printable(command, 40), status="UnknownCommand", reason="no such command on this page")
+            return
         raw = (payload if isinstance(payload, str) else json.dumps(payload)).encode("utf-8")
         try:
-            if command == "charging_limit":
-                limit, unit = parse_limit_payload(raw, self.config["charging"]["unit"])
-                self.hub.set_charging_limit(cid, limit, unit, source="web")
-            elif command == "charging":
-                if parse_switch(raw):
-                    self.hub.run_command(cid, "remote_start_transaction", id_tag=self.config["charging"]["id_tag"], connector_id=1)
-                else:
-                    active = self.hub.states[cid].active_transaction()
-                    if active is None:
-                        self.hub.result(cid, command="remote_stop_transaction", status="NoTransaction", reason="no transaction is running")
-                    else:
-                        self.hub.run_command(cid, "remote_stop_transaction", transaction_id=active[1].transaction_id)
-            elif command == "available":
-                self.hub.run_command(cid, "change_availability", operative=parse_switch(raw))
-            elif command == "reset":
-                kind = raw.decode("utf-8", "replace").strip().capitalize()
-                if kind not in ("Soft", "Hard"):
-                    raise SetpointError(f"reset type {printable(kind, 20)!r} is not allowed; use Soft or Hard")
-                self.hub.run_command(cid, "reset", kind=kind)
-            elif command == "unlock":
-                text = raw.decode("utf-8", "replace").strip()
-                top = self.config["ocpp"]["max_connectors"]
-                if not re.fullmatch(r"[0-9]{1,3}", text, re.ASCII) or not 1 <= int(text) <= top:
-                    raise SetpointError(f"connector {printable(text, 20)!r} is not a connector number (1 to {top})")
-                self.hub.run_command(cid, "unlock_connector", connector_id=int(text))
-            elif command == "refresh":
-                self.hub.run_command(cid, "refresh")
-            elif command == "clear_limit":
-                self.hub.run_command(cid, "clear_charging_limit")
-            else:
-                self.hub.result(cid, command=printable(command, 40), status="UnknownCommand", reason="no such command")
+            handler(self.hub, self.config, cid, raw, "web")
         except SetpointError as err:
-            _LOGGER.warning("%s: %s from the chargers page refused: %s", cid, printable(command, 40), err)
-            self.hub.result(cid, command=printable(command, 40), status="Invalid", reason=str(err))
+            _LOGGER.warning("%s: %s from the chargers page refused: %s", cid, command, err)
+            self.hub.result(cid, command=command, status="Invalid", reason=str(err))
 
     async def _get_configuration(self, client: _Client, cid: str) -> None:
-        result = await self.hub.command(cid, "get_configuration")
+        """GetConfiguration for the page that asked, and only for it.
+
+        A read, not a command: its answer is every key the charger keeps, which may include
+        credentials (a backend URL with a password, a Wi-Fi key), so it does not go through
+        ``hub.command`` and out as a RESULT to MQTT's event topic and every open page."""
+        cp = self.hub.connected.get(cid)
+        if cp is None:
+            client.send({"type": "configuration", "id": cid, "status": "Offline", "reason": "charger not connected", "keys": [], "unknown": []})
+            return
+        result = await cp.execute_get_configuration()
         response = result.get("response", {})
         keys = []
         for item in response.get("configurationKey") or []:

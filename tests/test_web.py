@@ -21,7 +21,7 @@ from ocpp_addon import config as config_module, supervisor
 from ocpp_addon.auth import hash_password
 from ocpp_addon.web import frame_summary, ingress_prefix
 
-from .conftest import TIMEOUT, Service
+from .conftest import TIMEOUT, MqttProbe, Service
 from .ingress_proxy import INGRESS_PATH, IngressProxy
 
 
@@ -58,8 +58,12 @@ class PageSocket:
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send_str(json.dumps(message))
 
-    async def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT) -> dict[str, Any]:
-        for message in self.seen:
+    def mark(self) -> int:
+        """Index to pass as ``since`` to wait only for messages arriving after now."""
+        return len(self.seen)
+
+    async def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT, since: int = 0) -> dict[str, Any]:
+        for message in self.seen[since:]:
             if predicate(message):
                 return message
 
@@ -218,3 +222,66 @@ async def test_a_taken_port_costs_the_page_not_the_chargers(service_factory: Cal
         assert "chargers page: cannot listen on 127.0.0.1" in caplog.text
         sim = await svc.charger("wallbox-1")  # chargers are served all the same
         assert sim.booted.is_set()
+
+
+async def test_the_page_and_mqtt_refuse_a_bad_payload_alike_and_the_page_offers_no_other_commands(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession, probe: MqttProbe) -> None:
+    svc = await service_factory(web=web_section())
+    sim = await svc.charger("wallbox-1")
+    async with proxy_client.ws_connect(base_url(svc).replace("http", "ws") + "/ws") as ws:
+        sock = PageSocket(ws)
+        await sock.wait(lambda m: m["type"] == "hello")
+        sock_mark = sock.mark()
+        for command, payload in (("unlock", "99"), ("available", "maybe"), ("charging_limit", "{\"limit\": 10, \"unit\": \"kW\"}")):
+            mark = probe.mark()
+            probe.publish(f"ocpp/wallbox-1/{command}/set", payload)
+            by_mqtt = await probe.wait_json("ocpp/wallbox-1/event", lambda d: d["command"] == command, since=mark)
+            # The MQTT command's result reaches the page too (as it does the event topic): wait for it first.
+            await sock.wait(lambda m: m["type"] == "result" and m["result"]["command"] == command, since=sock_mark)
+            sock_mark = sock.mark()
+            await sock.send({"type": "command", "id": "wallbox-1", "command": command, "payload": payload})
+            by_page = await sock.wait(lambda m: m["type"] == "result" and m["result"]["command"] == command, since=sock_mark)
+            sock_mark = sock.mark()
+            assert by_mqtt["status"] == by_page["result"]["status"] == "Invalid"
+            assert by_mqtt["reason"] == by_page["result"]["reason"]
+        # MQTT's remove and charging_schedule topics have no control on the page, and no way in through it.
+        since = len(sim.received)
+        for command, payload in (("remove", "remove"), ("charging_schedule", "[]")):
+            await sock.send({"type": "command", "id": "wallbox-1", "command": command, "payload": payload})
+            refused = await sock.wait(lambda m: m["type"] == "result" and m["result"]["command"] == command)
+            assert refused["result"]["status"] == "UnknownCommand"
+        assert "wallbox-1" in svc.app.hub.states and sim.received[since:] == []
+
+
+async def test_configuration_values_go_to_the_asking_page_only(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession, probe: MqttProbe) -> None:
+    """Configuration keys can hold credentials: they are not published on MQTT's event topic nor sent to other pages."""
+    svc = await service_factory(web=web_section())
+    sim = await svc.charger("wallbox-1")
+    sim.changed_configuration["BackendPassword"] = "hunter2-wifi"
+    url = base_url(svc).replace("http", "ws") + "/ws"
+    async with proxy_client.ws_connect(url) as ws_a, proxy_client.ws_connect(url) as ws_b:
+        asker, other = PageSocket(ws_a), PageSocket(ws_b)
+        await asker.wait(lambda m: m["type"] == "hello")
+        await other.wait(lambda m: m["type"] == "hello")
+        mark = probe.mark()
+        await asker.send({"type": "get_configuration", "id": "wallbox-1"})
+        answer = await asker.wait(lambda m: m["type"] == "configuration")
+        assert answer["status"] == "Accepted"
+        assert {"key": "BackendPassword", "readonly": False, "value": "hunter2-wifi"} in answer["keys"]
+        # A later command's result is the barrier: it reaches MQTT and the other page after anything sent before it.
+        await asker.send({"type": "command", "id": "wallbox-1", "command": "refresh", "payload": "refresh"})
+        await probe.wait_json("ocpp/wallbox-1/event", lambda d: d["command"] == "refresh", since=mark)
+        await other.wait(lambda m: m["type"] == "result" and m["result"]["command"] == "refresh")
+        assert not any(b"hunter2" in payload for _, payload, _ in probe.messages[mark:])
+        assert not any("hunter2" in json.dumps(m) for m in other.seen)
+
+
+async def test_results_for_ids_that_never_connected_are_not_kept(
+        service_factory: Callable[..., Any], probe: MqttProbe) -> None:
+    svc = await service_factory(web=web_section())
+    mark = probe.mark()
+    for n in range(20):
+        probe.publish(f"ocpp/ghost-{n}/charging_limit/set", "10")
+    await probe.wait_json("ocpp/ghost-19/event", lambda d: d["status"] == "UnknownCharger", since=mark)
+    assert svc.app.web._extra == {}
