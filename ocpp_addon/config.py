@@ -292,8 +292,8 @@ SCHEMA = vol.Schema(
             # Accept only the Supervisor's ingress proxy (which has logged the user in) instead of a password.
             vol.Optional("ingress", default=False): vol.Boolean(),
             vol.Optional("ingress_proxy", default="172.30.32.2"): _ip_address,
-            # Newest frames kept per charger while a page is open (memory only).
-            vol.Optional("frames_per_charger", default=500): vol.All(vol.Coerce(int), vol.Range(min=10, max=100000)),
+            # Newest frames kept per charger while a page is open (memory only; the page holds 1000 at most).
+            vol.Optional("frames_per_charger", default=500): vol.All(vol.Coerce(int), vol.Range(min=10, max=1000)),
         },
     }
 )
