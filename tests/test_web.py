@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import pytest
+import yaml
 
 from ocpp_addon import config as config_module, supervisor
 from ocpp_addon.auth import hash_password
@@ -113,6 +114,15 @@ def test_standalone_needs_a_password_and_the_add_on_serves_ingress(tmp_path: Pat
     _, config = supervisor.load({"OCPP_ADDON_OPTIONS": str(options)})
     web = config["web"]
     assert (web["enabled"], web["ingress"], web["host"], web["port"], web["ingress_proxy"]) == (True, True, "0.0.0.0", 8099, "172.30.32.2")
+
+
+def test_the_add_on_manifest_puts_the_page_in_the_sidebar() -> None:
+    manifest = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text(encoding="utf-8"))
+    assert manifest["ingress"] is True
+    # The Supervisor proxies to ingress_port (8099 unless set): the port the app listens on as an add-on.
+    assert manifest.get("ingress_port", 8099) == supervisor.INGRESS_PORT == supervisor.WEB["port"]
+    assert manifest["panel_icon"].startswith("mdi:") and manifest["panel_title"]
+    assert "8099/tcp" not in manifest.get("ports", {})  # reachable through ingress only, never on the host
 
 
 # -- served -------------------------------------------------------------------------------------

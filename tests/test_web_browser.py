@@ -7,6 +7,7 @@ script, and a request from an address other than the ingress proxy is refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -49,8 +50,13 @@ async def open_page(driver: Any, proxy: IngressProxy, charger_id: str) -> None:
     await browser.wait_js(driver, "return document.body.dataset.watching === arguments[0]", TIMEOUT, charger_id)
 
 
+def frames_shown(action: str, direction: str) -> str:
+    """A JS expression: how many frames of this action and direction the page lists."""
+    return f"document.querySelectorAll('#frames tr.frame[data-action=\"{action}\"][data-dir=\"{direction}\"]').length"
+
+
 def count_frames(action: str, direction: str) -> str:
-    return f"return document.querySelectorAll('#frames tr.frame[data-action=\"{action}\"][data-dir=\"{direction}\"]').length"
+    return f"return {frames_shown(action, direction)}"
 
 
 async def test_page_lists_the_charger_and_shows_its_frames_within_one_second(page: tuple[Service, IngressProxy, Any]) -> None:
@@ -60,10 +66,11 @@ async def test_page_lists_the_charger_and_shows_its_frames_within_one_second(pag
     assert await browser.run(driver.execute_script, "return location.pathname") == INGRESS_PATH + "/"
     assert await browser.run(driver.execute_script, "return document.getElementById('d-id').textContent") == "wallbox-1"
     before = await browser.run(driver.execute_script, count_frames("MeterValues", "in"))
-    await sim.send_meter_values()
-    # Both directions, newest first: the charger's CALL and our answer, each within 1 s.
-    await browser.wait_js(driver, count_frames("MeterValues", "in") + " > arguments[0]", 1.0, before)
-    await browser.wait_js(driver, count_frames("MeterValues", "out") + " > arguments[0]", 1.0, before)
+    # Both directions, newest first: the charger's CALL and our answer, within 1 s of the charger sending it.
+    sending = asyncio.create_task(sim.send_meter_values())
+    await browser.wait_js(driver, f"return {frames_shown('MeterValues', 'in')} > arguments[0] && "
+                                  f"{frames_shown('MeterValues', 'out')} > arguments[0]", 1.0, before)
+    await sending
     newest = await browser.run(driver.execute_script, "const r = document.querySelector('#frames tr.frame'); return [r.dataset.dir, r.dataset.action, r.cells[2].textContent]")
     assert newest == ["out", "MeterValues", "CALLRESULT"]
     # Paused: new frames wait; the filter shows one action only.
