@@ -1,6 +1,6 @@
 """Make docs/ingress.png: the chargers page in a real headless Chromium, with simulated chargers.
 
-    .venv/bin/python scripts/screenshot_web.py [--out docs/ingress.png] [--width 1280] [--height 1500] [--phone PNG]
+    .venv/bin/python scripts/screenshot_web.py [--out docs/ingress.png] [--width 1280] [--height 1800] [--phone PNG]
 
 Everything runs on 127.0.0.1: a mosquitto for the run, the service with the page in ingress mode
 (the "ingress proxy" is 127.0.0.1 here), two simulated chargers, Debian's chromium + chromium-driver
@@ -126,7 +126,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "ingress.png")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=1500)
+    parser.add_argument("--height", type=int, default=1800)  # the whole page of docs/ingress.png
     parser.add_argument("--phone", type=Path, help="also write a phone-width view here")
     args = parser.parse_args()
     problem = browser.missing()
