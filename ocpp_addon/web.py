@@ -41,7 +41,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from . import __version__
-from .auth import parse_basic, verify
+from .auth import PagePassword
 from .homeassistant import COMMANDS
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, READY, REMOVED, RESULT, UPDATED, Event, Hub
 from .profiles import SetpointError
@@ -184,6 +184,8 @@ class WebSink:
         self.port: int | None = None
         proxy = self.web_config["ingress_proxy"]
         self._ingress_proxy = ipaddress.ip_address(proxy) if self.web_config["ingress"] else None
+        password = self.web_config["password"]
+        self._password = PagePassword(password) if self._ingress_proxy is None and password else None
         self._index = (STATIC / "index.html").read_text(encoding="utf-8")
 
     # -- serving ------------------------------------------------------------------
@@ -230,14 +232,14 @@ class WebSink:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        refusal = self._refusal(request)
+        refusal = await self._refusal(request)
         if refusal is not None:
             return refusal
         response = await handler(request)
         response.headers.update(_SECURITY_HEADERS)
         return response
 
-    def _refusal(self, request: web.Request) -> web.Response | None:
+    async def _refusal(self, request: web.Request) -> web.Response | None:
         if self._ingress_proxy is not None:
             try:
                 peer = ipaddress.ip_address(request.remote or "")
@@ -248,8 +250,8 @@ class WebSink:
                                 printable(request.remote, 50), self._ingress_proxy)
                 return web.Response(status=403, text="Forbidden: open this page from Home Assistant's sidebar\n")
             return None
-        credentials = parse_basic(request.headers.get("Authorization"))
-        if credentials is None or not verify(credentials[1], self.web_config["password"]):
+        assert self._password is not None  # config.validate: standalone needs web.password
+        if not await self._password.check(request.headers.get("Authorization"), request.remote or "?"):
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="ocpp chargers", charset="UTF-8"'})
         return None
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import socket
+import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -18,8 +19,9 @@ import aiohttp
 import pytest
 import yaml
 
-from ocpp_addon import config as config_module, supervisor
+from ocpp_addon import auth, config as config_module, supervisor
 from ocpp_addon.auth import hash_password
+from ocpp_addon import web as web_module
 from ocpp_addon.web import frame_summary, ingress_prefix
 
 from .conftest import TIMEOUT, MqttProbe, Service
@@ -168,6 +170,36 @@ async def test_standalone_asks_for_the_password_and_refuses_other_sites_websocke
     async with proxy_client.ws_connect(url.replace("http", "ws") + "/ws", headers={**right, "Origin": url}) as ws:
         hello = json.loads(await ws.receive_str(timeout=TIMEOUT))
         assert hello["type"] == "hello" and hello["chargers"] == []
+
+
+async def test_the_standalone_password_is_hashed_off_the_event_loop_and_once_per_browser(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PBKDF2 is slow on purpose: on the loop that serves the chargers, every request of the page
+    (and every wrong guess from anyone who can reach the port) would stall them all."""
+    hashed_on_the_loop: list[bool] = []
+    loop_thread = threading.get_ident()
+    real_verify = auth.verify
+
+    def spy(password: bytes, stored: str) -> bool:
+        hashed_on_the_loop.append(threading.get_ident() == loop_thread)
+        return real_verify(password, stored)
+
+    monkeypatch.setattr(auth, "verify", spy)
+    monkeypatch.setattr(web_module, "verify", spy, raising=False)  # wherever the page would call it from
+    svc = await service_factory(web={"enabled": True, "host": "127.0.0.1", "port": 0, "password": hash_password("s3cret", 1000)})
+    url = base_url(svc)
+    right = {"Authorization": "Basic " + base64.b64encode(b"me:s3cret").decode()}
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        async with proxy_client.get(url + path, headers=right) as response:
+            assert response.status == 200, path
+    async with proxy_client.ws_connect(url.replace("http", "ws") + "/ws", headers=right) as ws:
+        assert json.loads(await ws.receive_str(timeout=TIMEOUT))["type"] == "hello"
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"me:guess").decode()}
+    for _ in range(3):
+        async with proxy_client.get(url + "/", headers=wrong) as response:
+            assert response.status == 401
+    # One hash for the right password, one for the wrong one (refused again without hashing), both on a worker thread.
+    assert hashed_on_the_loop == [False, False]
 
 
 async def test_frames_are_captured_only_while_a_page_is_open_and_kept_in_a_bounded_buffer(
