@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -84,6 +85,18 @@ async def test_page_lists_the_charger_and_shows_its_frames_within_one_second(pag
     await browser.run(driver.execute_script, "const s = document.getElementById('frames-filter'); s.value = 'MeterValues'; s.dispatchEvent(new Event('change'))")
     actions = await browser.run(driver.execute_script, "return [...document.querySelectorAll('#frames tr.frame')].map(r => r.dataset.action)")
     assert actions and set(actions) == {"MeterValues"}
+    # Written to disk only when asked: Save hands the browser a file of the frames the page holds, oldest first.
+    saved = await browser.run(driver.execute_async_script, """
+        const done = arguments[arguments.length - 1];
+        const real = URL.createObjectURL;
+        HTMLAnchorElement.prototype.click = function () { window.__download = this.download; };
+        URL.createObjectURL = (blob) => { blob.text().then(done); return real(blob); };
+        document.getElementById('frames-save').click();""")
+    data = json.loads(saved)
+    assert data["charger"] == "wallbox-1" and len(data["frames"]) >= 4
+    assert {(f["dir"], f["action"]) for f in data["frames"]} == {("in", "MeterValues"), ("out", "MeterValues")}
+    assert data["frames"][0]["t"] <= data["frames"][-1]["t"]
+    assert re.fullmatch(r"ocpp-frames-wallbox-1-[0-9TZ-]+\.json", await browser.run(driver.execute_script, "return window.__download"))
 
 
 async def test_a_limit_set_on_the_page_reaches_the_charger_and_the_applied_value_appears(page: tuple[Service, IngressProxy, Any]) -> None:

@@ -245,6 +245,16 @@ function renderFrames() {
   renderCount();
 }
 
+// The one way frames reach a disk: the user asks, and the browser saves what this page holds.
+function saveFrames() {
+  if (selected === null) return;
+  const text = JSON.stringify({ charger: selected, frames: frames.slice().reverse() }, null, 1);
+  const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  el("a", { href: url, download: `ocpp-frames-${selected}-${stamp}.json` }).click();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);  // after the browser has read it
+}
+
 function renderConfiguration(msg) {
   $("config-status").textContent = msg.status === "Accepted" ? `${msg.keys.length} keys` : `${msg.status}${msg.reason ? ": " + msg.reason : ""}`;
   const body = $("config").tBodies[0];
@@ -302,6 +312,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!paused) { held = 0; renderFrames(); }
   });
   $("frames-filter").addEventListener("change", renderFrames);
+  $("frames-save").addEventListener("click", saveFrames);
   $("config-load").addEventListener("click", () => {
     if (selected === null) return;
     $("config-status").textContent = "reading…";
