@@ -44,6 +44,7 @@ from . import __version__
 from .auth import PagePassword
 from .homeassistant import COMMANDS
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, READY, REMOVED, RESULT, UPDATED, Event, Hub
+from .logs import LogBudget
 from .profiles import SetpointError
 from .state import ChargerState
 from .strict_json import loads as strict_loads
@@ -187,6 +188,7 @@ class WebSink:
         password = self.web_config["password"]
         self._password = PagePassword(password) if self._ingress_proxy is None and password else None
         self._index = (STATIC / "index.html").read_text(encoding="utf-8")
+        self._refusals_log = LogBudget(lines=10, interval=60.0)
 
     # -- serving ------------------------------------------------------------------
 
@@ -246,14 +248,20 @@ class WebSink:
             except ValueError:
                 peer = None
             if peer != self._ingress_proxy:
-                _LOGGER.warning("chargers page: refused a request from %s: only Home Assistant's ingress proxy (%s) may connect",
-                                printable(request.remote, 50), self._ingress_proxy)
+                self._log_refusal("refused a request from %s: only Home Assistant's ingress proxy (%s) may connect",
+                                  printable(request.remote, 50), self._ingress_proxy)
                 return web.Response(status=403, text="Forbidden: open this page from Home Assistant's sidebar\n")
             return None
         assert self._password is not None  # config.validate: standalone needs web.password
         if not await self._password.check(request.headers.get("Authorization"), request.remote or "?"):
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="ocpp chargers", charset="UTF-8"'})
         return None
+
+    def _log_refusal(self, message: str, *args: Any) -> None:
+        """Whoever can reach the port can send refused requests as fast as they like: at most 10 lines a minute."""
+        log_now, held = self._refusals_log.take()
+        if log_now:
+            _LOGGER.warning("chargers page: " + message + (f" ({held} more refused since the last line)" if held else ""), *args)
 
     async def _page(self, request: web.Request) -> web.Response:
         base = ingress_prefix(request.headers.get("X-Ingress-Path")) if self._ingress_proxy is not None else ""
@@ -270,7 +278,7 @@ class WebSink:
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if self._ingress_proxy is None and not _same_origin(request):
-            _LOGGER.warning("chargers page: refused a WebSocket from another site (Origin %s)", printable(request.headers.get("Origin"), 100))
+            self._log_refusal("refused a WebSocket from another site (Origin %s)", printable(request.headers.get("Origin"), 100))
             return web.Response(status=403, text="Forbidden: cross-site WebSocket\n")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_CLIENT_MESSAGE)
         await ws.prepare(request)

@@ -131,11 +131,15 @@ def test_the_add_on_manifest_puts_the_page_in_the_sidebar() -> None:
 
 
 async def test_only_the_ingress_proxy_is_let_in_and_every_url_follows_x_ingress_path(
-        service_factory: Callable[..., Any], stranger: aiohttp.ClientSession, proxy_client: aiohttp.ClientSession) -> None:
+        service_factory: Callable[..., Any], stranger: aiohttp.ClientSession, proxy_client: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
     svc = await service_factory(web=web_section())
-    for path in ("/", "/ws", "/static/app.js"):
+    for path in ("/", "/ws", "/static/app.js") * 10:
         async with stranger.get(base_url(svc) + path) as response:
             assert response.status == 403, path
+    # Each refusal is logged, but a stranger hammering the port gets 10 lines a minute, not one per request.
+    refusals = [r for r in caplog.records if "refused a request from 127.0.0.2" in r.getMessage()]
+    assert len(refusals) == 10
     async with proxy_client.get(base_url(svc) + "/", headers={"X-Ingress-Path": INGRESS_PATH}) as response:
         assert response.status == 200
         page = await response.text()
