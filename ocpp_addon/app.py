@@ -67,6 +67,8 @@ class App:
             # Raw frames always: the BEMcom sensor datapoints are the charger's CALLs as sent.
             self.hub.add_sink(self.bemcom, raw_frames=True)
         self.central_system = CentralSystem(config, self.hub)
+        # Behind a load balancer: an instance cut off from the broker gets no new chargers.
+        self.central_system.health = lambda: None if self.mqtt.connected.is_set() else "MQTT broker not connected"
 
     async def start(self) -> None:
         mqtt_cfg = self.config["mqtt"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the tests need, then run the whole suite: bash scripts/test.sh [pytest args]
-# Steps (each cached, each timed): mosquitto (Debian), .venv with the package and test deps, the Home
+# Steps (each cached, each timed): mosquitto (Debian), haproxy and graphviz (Debian) for the cluster test, .venv with the package and test deps, the Home
 # Assistant venv for the ha_e2e tests, buildah and the stand-in base image for the image test. A step that
 # fails does not stop the run: the tests that need it fail and say why.
 set -uo pipefail
@@ -22,6 +22,7 @@ step() {  # step NAME COMMAND...: run it, print its wall time
 }
 
 step mosquitto bash scripts/ensure-mosquitto.sh
+step cluster bash scripts/ensure-cluster.sh
 step venv bash scripts/venv.sh '.[test]'
 step ha-venv bash scripts/ha_venv.sh
 step image-base bash scripts/image_base.sh
