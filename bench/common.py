@@ -358,11 +358,11 @@ def start_service(workdir: Path, broker_port: int, log_level: str = "info", cpro
     return service, ocpp_port
 
 
-def start_baseline(workdir: Path) -> tuple[ServiceProcess, int]:
-    """Start bench/baseline.py (bare ocpp-library central system, no MQTT) on a free port."""
+def start_baseline(workdir: Path, mode: str = "default") -> tuple[ServiceProcess, int]:
+    """Start bench/baseline.py (a bare central system, no MQTT; ``mode`` as its --mode) on a free port."""
     port = free_port()
-    cmd = [sys.executable, str(Path(__file__).with_name("baseline.py")), "--host", HOST, "--port", str(port)]
-    service = ServiceProcess(cmd, workdir / "baseline.log", ready_marker="ready:")
+    cmd = [sys.executable, str(Path(__file__).with_name("baseline.py")), "--host", HOST, "--port", str(port), "--mode", mode]
+    service = ServiceProcess(cmd, workdir / f"baseline-{mode}.log", ready_marker="ready:")
     service.start()
     return service, port
 

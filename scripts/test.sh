@@ -23,7 +23,7 @@ step() {  # step NAME COMMAND...: run it, print its wall time
 
 step mosquitto bash scripts/ensure-mosquitto.sh
 step cluster bash scripts/ensure-cluster.sh
-step venv bash scripts/venv.sh '.[test]'
+step venv bash scripts/venv.sh '.[test,fast]'
 step ha-venv bash scripts/ha_venv.sh
 step image-base bash scripts/image_base.sh
 if [ ! -x .venv/bin/python ]; then
