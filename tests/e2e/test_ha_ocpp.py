@@ -160,7 +160,9 @@ async def stop_charger(rig: Rig, charger_id: str) -> None:
 
 
 def _value_key(comp: dict[str, Any]) -> str | None:
-    m = re.fullmatch(r"\{\{ value_json\.(\w+) \}\}", comp.get("value_template", ""))
+    template = comp.get("value_template", "")
+    m = (re.fullmatch(r"\{\{ value_json\.(\w+) \}\}", template)
+         or re.fullmatch(r"\{\{ 'ON' if value_json\.(\w+) else 'OFF' \}\}", template))  # a binary sensor
     return m.group(1) if m else None
 
 
@@ -169,6 +171,8 @@ def state_matches(comp: dict[str, Any], state: str, value: Any) -> bool:
     platform = comp["platform"]
     if platform == "button":
         return state == "unknown" or _is_timestamp(state)  # last press (or never)
+    if platform == "binary_sensor":
+        return state == ("on" if value else "off")
     if value is None:
         return state == "unknown"
     if platform == "switch":
