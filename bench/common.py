@@ -272,6 +272,7 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
         self.startup_seconds: float | None = None
+        self.event_loop: str | None = None  # from the service's ready line ("; event loop uvloop")
         self.warnings = 0
         self.errors = 0
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -306,6 +307,8 @@ class ServiceProcess:
                 self.tail.append(line.rstrip())
                 if not self.ready.is_set() and self.ready_marker in line:
                     self.startup_seconds = time.monotonic() - self._t0
+                    if "event loop " in line:
+                        self.event_loop = line.rsplit("event loop ", 1)[1].strip()
                     self.ready.set()
                 if " WARNING " in line:
                     self.warnings += 1
