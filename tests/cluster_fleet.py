@@ -1,7 +1,7 @@
 """Chargers that stay connected, for tests/test_cluster.py: worker processes (so the test's own loop is
 not the bottleneck) running bench/common.py's raw-websocket chargers, each reconnecting after a random
-1-3 s when its connection drops, as a real charger does. Every connection and every SetChargingProfile
-is reported to the test through a queue."""
+1-3 s when its connection drops, as a real charger does. Every connection attempt, every connection and
+every SetChargingProfile is reported to the test through a queue."""
 
 from __future__ import annotations
 
@@ -38,9 +38,11 @@ async def _worker(ids: list[str], url: str, out: Any, stop: Any) -> None:
     live: dict[str, Any] = {}
 
     async def keep_connected(cid: str) -> None:
-        connects = 0
+        connects = attempts = 0
         await asyncio.sleep(random.uniform(0, 2))  # chargers do not all power up in the same millisecond
         while not stopping.is_set():
+            attempts += 1
+            out.put(("attempt", cid, attempts))
             charger = FakeCharger(cid, url, stats, timeout=20,
                                   on_profile=lambda _t, payload: out.put(("profile", cid, profile_limit(payload))))
             live[cid] = charger

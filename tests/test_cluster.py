@@ -84,12 +84,15 @@ class Charges:
     def __init__(self) -> None:
         self.limits: dict[str, float | None] = {}
         self.connects: dict[str, int] = {}
+        self.attempts: dict[str, int] = {}  # connection attempts, failed ones included
         self.up: set[str] = set()
         self._changed = asyncio.Condition()
 
     def report(self, kind: str, cid: str, value: Any) -> None:
         if kind == "profile":
             self.limits[cid] = value
+        elif kind == "attempt":
+            self.attempts[cid] = value
         elif kind == "up":
             self.connects[cid] = value
             self.up.add(cid)
@@ -220,6 +223,7 @@ async def test_instances_behind_haproxy_on_a_broker_cluster(cluster: Cluster) ->
         # -- kill instance a: its chargers move to b and c, setpoints sent meanwhile arrive, nothing stale
         victims = [c for c in ids if owner(c) == "a"]
         stayed = [c for c in ids if owner(c) != "a"]
+        attempts_before = {c: charges.attempts[c] for c in victims}
         kill_at = time.monotonic()
         cluster.instances["a"].kill()
         publish_setpoints(1, victims, on_both_nodes=True)
@@ -233,6 +237,10 @@ async def test_instances_behind_haproxy_on_a_broker_cluster(cluster: Cluster) ->
         assert not [c for c in ids if "ocpp/bridge/a/state" in json.dumps(discovery(c)["availability"])]
         assert all(available(c) for c in ids)  # no charger left pointing at the dead instance
         assert all(charges.connects.get(c) == 1 for c in stayed)  # consistent hashing moved only a's chargers
+        # within the chargers' reconnect time: each one's first attempt after the drop was taken (HAProxy
+        # redispatches a connection the dead instance refuses), no charger had to wait for a second back-off
+        retried = {c: charges.attempts[c] - attempts_before[c] for c in victims if charges.attempts[c] - attempts_before[c] != 1}
+        assert not retried, f"chargers that needed more than one reconnect attempt to move: {retried}"
 
         # -- kill broker node 2: its instance fails over to node 1; setpoints published there all arrive
         on_node2 = [c for c in ids if INSTANCES[owner(c) or "a"] == "node2"]
