@@ -11,6 +11,8 @@ changes ocpp_addon. Unknown names are reported on stderr and ignored.
   second) instead of its network thread.
 * ``mqtt_off``: MqttBridge.publish drops everything (a measuring stick for what the MQTT
   output costs; the bridge/state online message is still sent by paho's on_connect).
+* ``gc_log``: log every garbage collection of the oldest generation that takes over 50 ms (a stall
+  every charger's round trip sees) to stderr: ``bench gc: gen 2 took N ms, T tracked objects``.
 """
 
 from __future__ import annotations
@@ -109,7 +111,27 @@ def _mqtt_off() -> None:
     mqtt_bridge.MqttBridge.publish = lambda self, topic, payload, retain=False, qos=0: None
 
 
-_PATCHES = {"nodelay": _nodelay, "paho_asyncio": _paho_asyncio, "mqtt_off": _mqtt_off}
+def _gc_log() -> None:
+    """Time full collections: with thousands of connections each one walks every tracked object."""
+    import gc
+    import time
+
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            took = 1000 * (time.perf_counter() - started[0])
+            if took > 50:
+                print(f"bench gc: gen 2 took {took:.0f} ms, {len(gc.get_objects())} tracked objects", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(callback)
+
+
+_PATCHES = {"nodelay": _nodelay, "paho_asyncio": _paho_asyncio, "mqtt_off": _mqtt_off, "gc_log": _gc_log}
 
 for _name in filter(None, os.environ.get("BENCH_PATCHES", "").split(",")):
     _patch = _PATCHES.get(_name.strip())
