@@ -39,6 +39,7 @@ class BrokerView:
         self.loop = loop
         self.latest: dict[str, bytes] = {}
         self.counts: dict[str, int] = {}
+        self.discoveries: dict[str, list[bytes]] = {}  # every discovery message, not only the latest
         self._changed = asyncio.Condition()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-view-{name}")
@@ -58,6 +59,8 @@ class BrokerView:
     def _record(self, topic: str, payload: bytes) -> None:
         self.latest[topic] = payload
         self.counts[topic] = self.counts.get(topic, 0) + 1
+        if topic.startswith("homeassistant/device/"):
+            self.discoveries.setdefault(topic, []).append(payload)
         asyncio.ensure_future(self._notify())
 
     async def _notify(self) -> None:
@@ -209,6 +212,13 @@ async def test_instances_behind_haproxy_on_a_broker_cluster(cluster: Cluster) ->
                     + "\n".join(p.tail(5) for p in cluster.instances.values()))
         devices = sorted(t.split("/")[2] for t in ha.latest if t.startswith("homeassistant/device/") and not t.split("/")[2].startswith("ocpp_bridge"))
         assert devices == ids  # one device per charger, no duplicates under other names
+        # announced by the instance that holds it only (an instance re-sends its own discovery when the
+        # charger's boot adds device facts); no other instance and no broker node announced it again
+        announcers = {c: {entry["topic"] for payload in ha.discoveries[f"homeassistant/device/{c}/config"]
+                          for entry in json.loads(payload)["availability"] if entry["topic"].startswith("ocpp/bridge/")}
+                      for c in ids}
+        assert all(announcers[c] == {f"ocpp/bridge/{owner(c)}/state"} for c in ids), \
+            {c: a for c, a in announcers.items() if a != {f"ocpp/bridge/{owner(c)}/state"}}
         unique_ids = [comp["unique_id"] for c in ids for comp in discovery(c)["components"].values()]
         assert len(unique_ids) == len(set(unique_ids))
         spread = {i: sum(owner(c) == i for c in ids) for i in INSTANCES}
