@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from .bemcom import BemcomSink
 from .broker import BrokerError, EmbeddedBroker
+from .gc_housekeeping import GcHousekeeping
 from .central_system import CentralSystem
 from .homeassistant import HomeAssistantSink
 from .hub import Hub
@@ -149,7 +150,11 @@ class App:
 async def run(config: dict[str, Any], stop: asyncio.Event) -> None:
     app = App(config)
     await app.start()
+    # The process's collector, so only here: tests that run App inside pytest keep theirs.
+    housekeeping = GcHousekeeping()
+    housekeeping.start()
     try:
         await stop.wait()
     finally:
+        housekeeping.stop()
         await app.stop()

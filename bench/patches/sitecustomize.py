@@ -16,6 +16,8 @@ changes ocpp_addon. Unknown names are reported on stderr and ignored.
 * ``gc_freeze``: every 5 s, ``gc.freeze()`` what survived so far (the connected chargers' objects), so
   full collections walk only what is new. A what-if for the tail at 10,000 chargers: frozen objects
   that later become cyclic garbage (a charger that disconnects) are never collected.
+* ``gc_default``: the service's GC housekeeping (ocpp_addon/gc_housekeeping.py) off: CPython's
+  collector as it comes, to measure what the housekeeping changes.
 """
 
 from __future__ import annotations
@@ -147,7 +149,13 @@ def _gc_freeze() -> None:
     freeze()
 
 
-_PATCHES = {"nodelay": _nodelay, "paho_asyncio": _paho_asyncio, "mqtt_off": _mqtt_off, "gc_log": _gc_log, "gc_freeze": _gc_freeze}
+def _gc_default() -> None:
+    from ocpp_addon import gc_housekeeping
+
+    gc_housekeeping.GcHousekeeping.start = lambda self: None
+
+
+_PATCHES = {"nodelay": _nodelay, "paho_asyncio": _paho_asyncio, "mqtt_off": _mqtt_off, "gc_log": _gc_log, "gc_freeze": _gc_freeze, "gc_default": _gc_default}
 
 for _name in filter(None, os.environ.get("BENCH_PATCHES", "").split(",")):
     _patch = _PATCHES.get(_name.strip())
