@@ -21,7 +21,7 @@ from typing import Callable
 
 _LOGGER = logging.getLogger(__name__)
 
-FREEZE_INTERVAL = 10.0
+FREEZE_INTERVAL = 2.0
 THAW_INTERVAL = 3600.0
 
 
