@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .profiles import SetpointError, check_limit, convert_limit
 from .state import ChargerState
@@ -57,6 +57,9 @@ class Hub:
         self.connected: dict[str, ChargePoint] = {}
         self.states: dict[str, ChargerState] = {}
         self.wants_raw_frames = False
+        # Every OCPP frame, both directions: (charger id, "in" | "out", text). Set by the chargers page
+        # only while a browser has it open, so a frame costs one None check otherwise.
+        self.frame_tap: Callable[[str, str, str], None] | None = None
         self._pending_limit: set[str] = set()
         self._force_limit: set[str] = set()  # send even if unchanged: the charger lost it
         self._limit_workers: dict[str, asyncio.Task[None]] = {}
