@@ -465,6 +465,20 @@ def meter_values_payload(energy_wh: float, power_w: float, currents: tuple[float
     return {"connectorId": 1, "meterValue": [{"timestamp": utc_iso(), "sampledValue": sampled}]}
 
 
+def transaction_event_payload(meter: dict[str, Any], transaction_id: str, seq_no: int) -> dict[str, Any]:
+    """The same 9 readings as a 2.0.1 TransactionEvent(Updated): numbers, unitOfMeasure, ~1.1 kB."""
+    sampled = []
+    for item in meter["meterValue"][0]["sampledValue"]:
+        value = {k: v for k, v in item.items() if k not in ("value", "unit")}
+        value["value"] = float(item["value"])
+        value["unitOfMeasure"] = {"unit": item["unit"]}
+        sampled.append(value)
+    return {"eventType": "Updated", "timestamp": utc_iso(), "triggerReason": "MeterValuePeriodic", "seqNo": seq_no,
+            "transactionInfo": {"transactionId": transaction_id, "chargingState": "Charging"},
+            "evse": {"id": 1, "connectorId": 1},
+            "meterValue": [{"timestamp": meter["meterValue"][0]["timestamp"], "sampledValue": sampled}]}
+
+
 @dataclass
 class FleetStats:
     """Counters of one worker (or merged over workers)."""
@@ -504,8 +518,10 @@ class FakeCharger:
 
     def __init__(self, charger_id: str, url: str, stats: FleetStats, timeout: float = 30.0,
                  on_profile: Callable[[float, dict[str, Any]], None] | None = None, deflate: bool = False,
-                 interval: float = 10.0) -> None:
+                 interval: float = 10.0, ocpp: str = "1.6") -> None:
         self.id = charger_id
+        self.ocpp = ocpp  # "1.6" or "2.0.1": what it offers, sends and answers
+        self.seq_no = 0
         self.interval = interval  # reported as MeterValueSampleInterval
         self._schedule: dict[str, Any] | None = None  # the last SetChargingProfile schedule, for GetCompositeSchedule
         self.url = f"{url.rstrip('/')}/{charger_id}"
@@ -524,7 +540,7 @@ class FakeCharger:
     async def connect(self, open_timeout: float = 60.0) -> None:
         from websockets.asyncio.client import connect
 
-        self.ws = await connect(self.url, subprotocols=["ocpp1.6"], ping_interval=None, open_timeout=open_timeout,
+        self.ws = await connect(self.url, subprotocols=[f"ocpp{self.ocpp}"], ping_interval=None, open_timeout=open_timeout,
                                 compression="deflate" if self.deflate else None, max_size=2**20)
         self._reader = asyncio.create_task(self._read())
 
@@ -551,7 +567,9 @@ class FakeCharger:
                         self.stats.profiles += 1
                         if self.on_profile is not None:
                             self.on_profile(now, payload)
-                        self._schedule = (payload.get("csChargingProfiles") or {}).get("chargingSchedule")
+                        profile = payload.get("csChargingProfiles") or payload.get("chargingProfile") or {}
+                        schedule = profile.get("chargingSchedule")
+                        self._schedule = schedule[0] if isinstance(schedule, list) and schedule else schedule
                     else:
                         self.stats.other_calls += 1
                     answer = self._answer(action, payload)
@@ -572,6 +590,8 @@ class FakeCharger:
         """A plausible smart-charging wallbox's CALLRESULT payload (None: answer NotSupported)."""
         if action == "SetChargingProfile":
             return {"status": "Accepted"}
+        if self.ocpp == "2.0.1":
+            return self._answer_201(action, payload)
         if action == "GetConfiguration":
             config = {
                 "SupportedFeatureProfiles": "Core,SmartCharging,RemoteTrigger", "NumberOfConnectors": "1",
@@ -594,6 +614,34 @@ class FakeCharger:
                     "chargingSchedule": schedule}
         if action in ("ChangeConfiguration", "ClearChargingProfile", "RemoteStartTransaction", "RemoteStopTransaction",
                       "ChangeAvailability", "Reset", "TriggerMessage"):
+            return {"status": "Accepted"}
+        if action == "UnlockConnector":
+            return {"status": "Unlocked"}
+        return None
+
+    def _answer_201(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        if action == "GetVariables":
+            model = {("SmartChargingCtrlr", "Enabled"): "true", ("SmartChargingCtrlr", "RateUnit"): "A,W",
+                     ("SmartChargingCtrlr", "ProfileStackLevel"): "8", ("SmartChargingCtrlr", "PeriodsPerSchedule"): "24",
+                     ("SampledDataCtrlr", "TxUpdatedInterval"): str(int(self.interval)),
+                     ("SampledDataCtrlr", "TxUpdatedMeasurands"): "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,SoC",
+                     ("EVSE", "SupplyPhases"): "3"}
+            results = []
+            for item in payload.get("getVariableData", []):
+                value = model.get((item["component"]["name"], item["variable"]["name"]))
+                results.append({"component": item["component"], "variable": item["variable"],
+                                **({"attributeStatus": "Accepted", "attributeValue": value} if value is not None
+                                   else {"attributeStatus": "UnknownVariable"})})
+            return {"getVariableResult": results}
+        if action == "GetCompositeSchedule":
+            if not self._schedule:
+                return {"status": "Rejected"}
+            return {"status": "Accepted", "schedule": {
+                "evseId": payload.get("evseId", 0), "duration": payload.get("duration", 300), "scheduleStart": utc_iso(),
+                "chargingRateUnit": self._schedule.get("chargingRateUnit", "A"),
+                "chargingSchedulePeriod": self._schedule.get("chargingSchedulePeriod", [])}}
+        if action in ("ClearChargingProfile", "RequestStartTransaction", "RequestStopTransaction", "ChangeAvailability",
+                      "Reset", "TriggerMessage"):
             return {"status": "Accepted"}
         if action == "UnlockConnector":
             return {"status": "Unlocked"}
@@ -628,6 +676,8 @@ class FakeCharger:
         return "closed", 0.0
 
     async def boot(self) -> bool:
+        if self.ocpp == "2.0.1":
+            return await self._boot_201()
         outcome, rtt = await self.call("BootNotification", {
             "chargePointVendor": "Bench", "chargePointModel": "Fleet-22", "firmwareVersion": "1.0", "chargePointSerialNumber": self.id[-25:]})
         if outcome != "ok":
@@ -635,6 +685,29 @@ class FakeCharger:
         self.stats.boot_rtt_ms.append(rtt)
         outcome, _ = await self.call("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging"})
         return outcome == "ok"
+
+    async def _boot_201(self) -> bool:
+        outcome, rtt = await self.call("BootNotification", {"reason": "PowerUp", "chargingStation": {
+            "vendorName": "Bench", "model": "Fleet-22", "firmwareVersion": "1.0", "serialNumber": self.id[-25:]}})
+        if outcome != "ok":
+            return False
+        self.stats.boot_rtt_ms.append(rtt)
+        outcome, _ = await self.call("StatusNotification", {"timestamp": utc_iso(), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1})
+        if outcome != "ok":
+            return False
+        self.seq_no += 1
+        started = transaction_event_payload(self.next_meter_payload(0.0), f"tx-{self.id}"[-36:], self.seq_no)
+        started.update(eventType="Started", triggerReason="CablePluggedIn", idToken={"idToken": "BENCH", "type": "Central"})
+        outcome, _ = await self.call("TransactionEvent", started)
+        return outcome == "ok"
+
+    def next_message(self, interval: float) -> tuple[str, dict[str, Any]]:
+        """The periodic reading: MeterValues (1.6) or TransactionEvent(Updated) with the same values (2.0.1)."""
+        payload = self.next_meter_payload(interval)
+        if self.ocpp == "2.0.1":
+            self.seq_no += 1
+            return "TransactionEvent", transaction_event_payload(payload, f"tx-{self.id}"[-36:], self.seq_no)
+        return "MeterValues", payload
 
     def next_meter_payload(self, interval: float) -> dict[str, Any]:
         amps = random.uniform(6, 32)
@@ -660,7 +733,7 @@ class FakeCharger:
             elif interval > 0 and now - due > interval / 2:
                 stats.late_ticks += 1
             stats.sent += 1
-            outcome, rtt = await self.call("MeterValues", self.next_meter_payload(interval))
+            outcome, rtt = await self.call(*self.next_message(interval))
             if outcome == "ok":
                 stats.ok += 1
                 stats.rtt_ms.append(rtt)
@@ -686,13 +759,13 @@ class FakeCharger:
 
 
 async def connect_many(ids: list[str], url: str, stats: FleetStats, concurrency: int = 50, boot: bool = True,
-                       timeout: float = 30.0, deflate: bool = False, interval: float = 10.0) -> list[FakeCharger]:
+                       timeout: float = 30.0, deflate: bool = False, interval: float = 10.0, ocpp: str = "1.6") -> list[FakeCharger]:
     """Connect (and boot) chargers with at most ``concurrency`` handshakes in flight."""
     gate = asyncio.Semaphore(concurrency)
     chargers: list[FakeCharger] = []
 
     async def one(cid: str) -> None:
-        charger = FakeCharger(cid, url, stats, timeout=timeout, deflate=deflate, interval=interval)
+        charger = FakeCharger(cid, url, stats, timeout=timeout, deflate=deflate, interval=interval, ocpp=ocpp)
         async with gate:
             try:
                 await charger.connect()
@@ -726,6 +799,7 @@ class FleetSpec:
     concurrency: int = 50  # handshakes in flight per worker
     timeout: float = 30.0  # seconds to wait for a CALLRESULT
     deflate: bool = False  # offer permessage-deflate (most real chargers do not)
+    ocpp: str = "1.6"  # "2.0.1": stations that report in TransactionEvent(Updated)
 
     def worker_count(self) -> int:
         if self.workers > 0:
@@ -745,7 +819,7 @@ async def _worker(index: int, ids: list[str], spec: FleetSpec, out: Any, go: Any
     stats = FleetStats()
     t0 = time.monotonic()
     chargers = await connect_many(ids, spec.url, stats, spec.concurrency, timeout=spec.timeout, deflate=spec.deflate,
-                                  interval=spec.interval)
+                                  interval=spec.interval, ocpp=spec.ocpp)
     stats.connect_seconds = time.monotonic() - t0
     # The fleet's connections live until the end: out of the collector's sight, so a full collection in
     # the generator (0.5 s and more with 5,000 chargers per worker) does not show up as the service's round trip.

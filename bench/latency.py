@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="charging.debounce for the service in seconds, or 'default' for the service's own (default 0)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each arrival (default 10)")
     p.add_argument("--load", type=int, default=0, help="other chargers sending MeterValues meanwhile (default 0)")
+    p.add_argument("--ocpp", choices=("1.6", "2.0.1"), default="1.6", help="the probe's (and the load's) protocol (default 1.6)")
     p.add_argument("--load-interval", type=float, default=1.0, help="seconds between their MeterValues (default 1)")
     p.add_argument("--workers", type=int, default=0, help="generator processes for --load (default: auto)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="service log level (default info)")
@@ -117,7 +118,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
         if args.load > 0:
             fleet = Fleet(FleetSpec(url=url, count=args.load, interval=args.load_interval, duration=args.max_seconds + 60,
-                                    workers=args.workers, prefix="load"))
+                                    workers=args.workers, prefix="load", ocpp=args.ocpp))
             fleet.start()
             ready = await asyncio.to_thread(fleet.wait_ready, 300)
             out["load_connected"] = ready["connected"]
@@ -128,7 +129,7 @@ async def main_async(args: argparse.Namespace) -> int:
         arrivals: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         results: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         stats = FleetStats()
-        probe = FakeCharger(PROBE_ID, url, stats, timeout=args.timeout,
+        probe = FakeCharger(PROBE_ID, url, stats, timeout=args.timeout, ocpp=args.ocpp,
                             on_profile=lambda t, payload: arrivals.put_nowait((t, payload)))
         await probe.connect()
         if not await probe.boot():

@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-idle", action="store_true", help="py-spy: also sample threads that wait (find stalls, not CPU)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="service log level (default info)")
     p.add_argument("--deflate", action="store_true", help="chargers offer permessage-deflate (most real ones do not)")
+    p.add_argument("--ocpp", choices=("1.6", "2.0.1"), default="1.6",
+                   help="the fleet's protocol: 2.0.1 stations report in TransactionEvent(Updated) (default 1.6)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds allowed for connecting the fleet (default 300)")
     p.add_argument("--patch", action="append", default=[], metavar="NAME",
                    help="what-if: apply bench/patches/sitecustomize.py patch NAME to the service; repeatable")
@@ -122,7 +124,7 @@ def baseline_mode(target: str) -> str:
 
 async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Path) -> dict[str, Any]:
     n = args.chargers
-    out: dict[str, Any] = {"target": target, "chargers": n, "interval": args.interval, "duration": args.duration}
+    out: dict[str, Any] = {"target": target, "chargers": n, "interval": args.interval, "duration": args.duration, "ocpp": args.ocpp}
     window_profile = args.profile == "cprofile-window"
     cprofile_out = wd / f"{target}.prof" if (args.profile in ("cprofile", "cprofile-window") and target == "service") else None
     if args.wait_quiet > 0:
@@ -156,7 +158,7 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
             counter = MqttWatch(broker.port, ["ocpp/+/state"])
             await asyncio.to_thread(counter.wait_subscribed)
         spec = FleetSpec(url=url, count=n, interval=args.interval, duration=args.duration, workers=args.workers,
-                         concurrency=args.concurrency, deflate=args.deflate)
+                         concurrency=args.concurrency, deflate=args.deflate, ocpp=args.ocpp)
         fleet = Fleet(spec)
         cpu_before_connect = svc.cpu_seconds()
         fleet.start()
@@ -247,7 +249,8 @@ def report(r: dict[str, Any]) -> None:
     offered = f"{r['offered_per_s']:.0f}/s offered" if r.get("offered_per_s") else "closed loop (back to back)"
     page = ", chargers page on (nobody looking)" if r.get("web") else ""
     print(f"\n=== {r['target']}" + (f" ({r['event_loop']})" if r.get("event_loop") else "")
-          + f": {r['chargers']} chargers, MeterValues every {r['interval']:g} s, {r['duration']:g} s window{page} ===")
+          + f": {r['chargers']} chargers, {'TransactionEvent(Updated) (OCPP 2.0.1)' if r.get('ocpp') == '2.0.1' else 'MeterValues'}"
+          + f" every {r['interval']:g} s, {r['duration']:g} s window{page} ===")
     print(f"start-up to ready line      {r['startup_s']:.2f} s" + (f" (MQTT online after {r['mqtt_online_s']:.2f} s more)" if r.get("mqtt_online_s") is not None else ""))
     print(f"connect+boot ramp           {r['connected']} connected, {r['booted']} booted, {r['connect_failed']} failed in "
           f"{r['ramp_seconds']:.1f} s ({r['connected'] / max(r['ramp_seconds'], 1e-9):.0f}/s incl. worker start); service CPU {r['connect_cpu_s']:.1f} s")

@@ -189,6 +189,7 @@ class ChargePoint(_OcppChargePoint):
 
     ocpp_version = "1.6"
     results: Any = call_result
+    shallow_actions: frozenset[str] = frozenset({"MeterValues"})  # handlers that read nested camelCase keys
 
     def __init__(self, charger_id: str, connection: Any, hub: Hub, config: dict[str, Any]) -> None:
         super().__init__(charger_id, connection, response_timeout=config["ocpp"]["response_timeout"])
@@ -352,9 +353,9 @@ class ChargePoint(_OcppChargePoint):
             await self._send_error(msg.unique_id, PropertyConstraintViolationError(
                 details={"cause": f"connectorId {connector_id} is above this central system's limit of {self._max_connectors}"}))
             return
-        if msg.action == Action.meter_values:
-            # Hot path: nested keys of sampled values are single words, equal in both casings;
-            # state.parse_meter_values reads 'sampledValue' as it is.
+        if msg.action in self.shallow_actions:
+            # Hot path: only the top-level keys become snake_case; the handler reads the nested
+            # camelCase as it is (state.parse_meter_values reads 'sampledValue').
             kwargs = {_snake(k): v for k, v in msg.payload.items()}
         else:
             kwargs = snake_keys(msg.payload)

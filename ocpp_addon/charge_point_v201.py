@@ -25,7 +25,7 @@ from ocpp.v201 import call, call_result
 from ocpp.v201.enums import Action
 
 from . import ocpp201, validation
-from .charge_point import ChargePoint, InvalidResponse, camel_keys
+from .charge_point import ChargePoint, InvalidResponse, _camel, camel_keys
 from .state import parse_timestamp, utc_now_iso
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class ChargePoint201(ChargePoint):
 
     ocpp_version = "2.0.1"
     results: Any = call_result
+    shallow_actions = frozenset({"MeterValues", "TransactionEvent"})  # the periodic messages: no deep key conversion
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,7 +118,7 @@ class ChargePoint201(ChargePoint):
 
     @on(Action.transaction_event)
     def on_transaction_event(self, **kwargs: Any) -> Any:
-        update = ocpp201.parse_transaction_event(camel_keys(kwargs))
+        update = ocpp201.parse_transaction_event({_camel(k): v for k, v in kwargs.items()})  # nested keys are camelCase
         evse_id = update.evse_id or self._evse_of(update.transaction_id) or 1
         connector = self.state.connector(evse_id)
         changed: list[str] = []
