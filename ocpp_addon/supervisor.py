@@ -43,6 +43,7 @@ LIFTED: dict[str, tuple[str, ...]] = {
     "ocpp_auth": ("ocpp", "auth"),
     "ocpp_auth_passwords": ("ocpp", "auth", "passwords"),
     "charging_profile": ("charging", "profile"),
+    "charging_chargers": ("charging", "chargers"),
     "authorization_id_tags": ("authorization", "id_tags"),
 }
 # File options that may name a file in the app's /ssl folder by its name alone.
