@@ -34,13 +34,14 @@ import logging
 import ssl
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import Close, CloseCode
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .auth import REALM, Authenticator
 from .charge_point import ChargePoint
@@ -198,7 +199,7 @@ class CentralSystem:
             self.ocpp["host"],
             self.ocpp["port"],
             create_connection=watched,
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
             select_subprotocol=self._select_subprotocol,
             process_request=self._process_request,
             ping_interval=self.ocpp["ping_interval"],
@@ -304,12 +305,13 @@ class CentralSystem:
         self._admitted.discard(connection)
 
     @staticmethod
-    def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> str | None:
-        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+    def _select_subprotocol(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in subprotocols else None
 
     # -- one connection ---------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # the handler runs after the handshake
         charger_id = charger_id_from_path(ws.request.path, self.ocpp["path_prefix"])
         assert charger_id is not None  # _process_request let it through
         connection = _Connection(ws)

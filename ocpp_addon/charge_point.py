@@ -56,7 +56,6 @@ from .state import (
     latest_meter_values,
     parse_configuration,
     parse_meter_values,
-    parse_number,
     parse_timestamp,
     utc_now_iso,
 )

@@ -409,7 +409,8 @@ def _resolve_defaults(config: dict[str, Any], data: Mapping[str, Any]) -> None:
     """Defaults that depend on other settings (None in the schema)."""
     mqtt = config["mqtt"]
     if mqtt["embedded_broker"] is None:
-        given = data.get("mqtt") if isinstance(data.get("mqtt"), Mapping) else {}
+        section = data.get("mqtt")
+        given: Mapping[str, Any] = section if isinstance(section, Mapping) else {}
         mqtt["embedded_broker"] = "host" not in given and "port" not in given
     if mqtt["client_id"] is None:
         mqtt["client_id"] = default_client_id(config)

@@ -193,6 +193,12 @@ def reading_entity(key: str) -> EntityDescription | None:
     return None
 
 
+def _connector(connector_id: int) -> Callable[[ChargerState], Connector | None]:
+    def get(state: ChargerState) -> Connector | None:
+        return state.connectors.get(connector_id)
+    return get
+
+
 def _multi_outlet(state: ChargerState) -> bool:
     return len([c for c in state.connectors if c > 0]) > 1
 
@@ -204,7 +210,7 @@ def connector_rows(state: ChargerState) -> Iterator[EntityDescription]:
             for name in ("status", "error_code"):
                 base = _BY_KEY[name]
                 yield replace(base, key=f"connector_{connector_id}_{name}", name=f"Connector {connector_id} {base.name[0].lower()}{base.name[1:]}",
-                              value=_attr(lambda s, c=connector_id: s.connectors.get(c), name))
+                              value=_attr(_connector(connector_id), name))
     for key in state.readings:
         if key.startswith("connector_"):
             row = connector_entity(key)

@@ -41,6 +41,7 @@ from .profiles import (
 from .state import ChargerState, parse_number
 
 if TYPE_CHECKING:
+    from .charge_point import ChargePoint
     from .hub import Hub
 
 _LOGGER = logging.getLogger(__name__)
@@ -425,7 +426,7 @@ class LimitController:
 
     # -- internals -------------------------------------------------------------------------------
 
-    async def _apply(self, cp: Any) -> None:
+    async def _apply(self, cp: ChargePoint) -> None:
         """Send the newest requested limit; values requested meanwhile collapse into one follow-up."""
         state = self.state
         await cp.configured.wait()  # plan profiles with the charger's capabilities known

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import websockets
+from websockets.typing import Subprotocol
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _OcppChargePoint
 from ocpp.v16 import call, call_result
@@ -349,7 +350,7 @@ class SimulatedCharger(_OcppChargePoint):
 
 async def connect(url: str, charger_id: str, options: SimOptions | None = None, **connect_kwargs: Any) -> tuple[SimulatedCharger, asyncio.Task[None]]:
     """Connect one simulated charger; returns it and the task running it."""
-    ws = await websockets.connect(f"{url.rstrip('/')}/{charger_id}", subprotocols=["ocpp1.6"], **connect_kwargs)
+    ws = await websockets.connect(f"{url.rstrip('/')}/{charger_id}", subprotocols=[Subprotocol("ocpp1.6")], **connect_kwargs)
     charger = SimulatedCharger(charger_id, ws, options)
     return charger, asyncio.create_task(charger.run(), name=f"sim-{charger_id}")
 

@@ -111,7 +111,7 @@ def _resolve_ssl_paths(data: dict[str, Any]) -> None:
     for section, key in SSL_FILES:
         values = data.get(section)
         value = values.get(key) if isinstance(values, dict) else None
-        if isinstance(value, str) and value and not value.startswith("/"):
+        if isinstance(values, dict) and isinstance(value, str) and value and not value.startswith("/"):
             values[key] = str(SSL_DIR / value)
 
 
@@ -173,8 +173,8 @@ def fetch_mqtt_service(base_url: str, token: str, timeout: float = REQUEST_TIMEO
     except ValueError:
         raise ServiceUnavailable("the Supervisor's answer is not JSON") from None
     if not isinstance(reply, dict) or reply.get("result") != "ok":
-        message = reply.get("message") if isinstance(reply, dict) else None
-        raise ServiceUnavailable(f"the Supervisor answered result: error ({message or 'no message'})")
+        said = reply.get("message") if isinstance(reply, dict) else None
+        raise ServiceUnavailable(f"the Supervisor answered result: error ({said or 'no message'})")
     service = reply.get("data")
     if not isinstance(service, dict) or not service.get("host"):
         raise ServiceUnavailable("no app provides an MQTT broker")
