@@ -1,6 +1,6 @@
 """One charger floods, another one measures: does the flood cost everybody else?
 
-A "victim" charger does sequential Heartbeat round trips for --seconds, first with the
+A "victim" charger does Heartbeat round trips (10/s, under its own limit) for --seconds, first with the
 service quiet, then while a "flooder" sends pipelined Heartbeats as fast as it can
 (never waiting for answers). Printed: the victim's round trip p50/p99/max in both phases,
 how many flood frames were answered, when (if) the flooder was disconnected, and the
@@ -27,17 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import fmt_ms, git_revision, machine_description, pct_summary, start_broker, start_service, workdir  # noqa: E402
 
 
-async def round_trips(ws: websockets.ClientConnection, seconds: float) -> list[float]:
+async def round_trips(ws: websockets.ClientConnection, seconds: float, rate: float) -> list[float]:
+    """Heartbeat round trips paced at ``rate``/s: the victim stays under its own per-charger limit."""
     rtts: list[float] = []
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
     n = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() - start < seconds:
         n += 1
         t0 = time.perf_counter()
         await ws.send(json.dumps([2, f"v-{n}", "Heartbeat", {}]))
         while json.loads(await ws.recv())[1] != f"v-{n}":
             pass
         rtts.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))  # pacing, not synchronisation
     return rtts
 
 
@@ -47,7 +49,7 @@ def _flood_entry(url: str, seconds: float, results: Any) -> None:
 
 async def _flood(url: str, seconds: float) -> tuple[int, int, float | None, int | None]:
     """Pipelined Heartbeats as fast as possible for ``seconds``; answers are read (and counted) meanwhile."""
-    flooder = await websockets.connect(url, subprotocols=["ocpp1.6"], max_queue=None)
+    flooder = await websockets.connect(url, subprotocols=["ocpp1.6"], max_queue=None, close_timeout=1)
     sent = answered = 0
     closed_at: float | None = None
     t0 = time.monotonic()
@@ -63,10 +65,11 @@ async def _flood(url: str, seconds: float) -> tuple[int, int, float | None, int 
 
     reader = asyncio.create_task(drain())
     try:
-        while time.monotonic() - t0 < seconds:
-            await flooder.send(json.dumps([2, f"f-{sent}", "Heartbeat", {}]))
+        while (left := seconds - (time.monotonic() - t0)) > 0:
+            # A rate-limited service stops reading: the send then waits on TCP backpressure, up to the end.
+            await asyncio.wait_for(flooder.send(json.dumps([2, f"f-{sent}", "Heartbeat", {}])), left)
             sent += 1
-    except websockets.ConnectionClosed:
+    except (websockets.ConnectionClosed, TimeoutError):
         pass
     await asyncio.sleep(0.5)  # answers still on the way
     reader.cancel()
@@ -79,6 +82,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--no-limit", action="store_true", help="ocpp.max_message_rate 100000 (no per-charger limit)")
+    parser.add_argument("--victim-rate", type=float, default=10.0,
+                        help="the victim's round trips per second (default 10: under the default limit of 20/s)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     work = workdir("flood")
@@ -88,13 +93,13 @@ async def main() -> None:
     url = f"ws://127.0.0.1:{port}"
     try:
         victim = await websockets.connect(f"{url}/victim", subprotocols=["ocpp1.6"])
-        quiet = await round_trips(victim, args.seconds)
+        quiet = await round_trips(victim, args.seconds, args.victim_rate)
         results: multiprocessing.Queue[tuple[int, int, float | None, int | None]] = multiprocessing.Queue()
         # The flooder runs in its own process: in ours its send loop would starve the victim's measurements.
         flood_process = multiprocessing.Process(target=_flood_entry, args=(f"{url}/flooder", args.seconds, results))
         cpu0 = service.cpu_seconds()
         flood_process.start()
-        loud = await round_trips(victim, args.seconds)
+        loud = await round_trips(victim, args.seconds, args.victim_rate)
         cpu = service.cpu_seconds() - cpu0
         sent, answered, closed_at, close_code = await asyncio.to_thread(results.get, True, args.seconds + 30)
         flood_process.join(10)
