@@ -44,8 +44,7 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, DataTransferStatus, RegistrationStatus
 from websockets.exceptions import ConnectionClosed
 
-from . import strict_json, validation
-from .strict_json import NonFiniteNumber
+from . import framing, validation
 from .logs import LogBudget
 from .topics import printable
 from .limits import UNSUPPORTED, electrical, learn_supply
@@ -67,7 +66,7 @@ _LOGGER = logging.getLogger(__name__)
 _LOG_FRAME_CHARS = 200
 
 # OCPP 1.6-J §4.2.3 spells these differently from the library's 2.x-era classes.
-_WIRE_CODES = {"FormatViolation": "FormationViolation", "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
+_WIRE_CODES = framing.WIRE_CODES
 
 
 @lru_cache(maxsize=4096)
@@ -102,22 +101,6 @@ def camel_keys(data: Any) -> Any:
 def _short(frame: Any) -> str:
     """A charger-sent string for one log line: bounded, control characters escaped."""
     return printable(frame, _LOG_FRAME_CHARS)
-
-
-def parse_frame(raw: str) -> Any:
-    """A frame's JSON, every number finite, so nothing we re-emit can become NaN/Infinity.
-
-    Raises ValueError (NonFiniteNumber for an out-of-range number) or RecursionError."""
-    return strict_json.loads(raw)
-
-
-_FRAME_ID_RE = re.compile(r'\A\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
-
-
-def _frame_id(raw: str) -> str | None:
-    """The message id of a CALL whose JSON we refused, so the CALLERROR can still name it."""
-    match = _FRAME_ID_RE.match(raw)
-    return match.group(1) if match else None
 
 
 class InvalidResponse(Exception):
@@ -258,55 +241,29 @@ class ChargePoint(_OcppChargePoint):
             _LOGGER.warning(msg, *args)
 
     async def route_message(self, raw_msg: str) -> None:
-        try:
-            msg = parse_frame(raw_msg)
-        except NonFiniteNumber as err:  # e.g. "connectorId": 1e400: answered by id when the id can be read
-            await self._reject_frame(_frame_id(raw_msg), f"a number JSON cannot carry: {err}", raw_msg, TypeConstraintViolationError)
-            return
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            self._warn("%s: dropped a frame that is not JSON: %s", self.id, _short(raw_msg))
-            return
-        if not isinstance(msg, list) or not msg:
-            self._warn("%s: dropped a frame that is not an OCPP-J array: %s", self.id, _short(raw_msg))
-            return
-        type_id = msg[0]
-        unique_id = msg[1] if len(msg) > 1 and isinstance(msg[1], str) and 0 < len(msg[1]) <= 36 else None
-        if type_id == 2:
-            if len(msg) == 4 and unique_id and isinstance(msg[2], str) and isinstance(msg[3], dict):
-                await self._handle_call(Call(unique_id, msg[2], msg[3]))
-                return
-            await self._reject_frame(unique_id, "a CALL must be [2, \"<id>\", \"<Action>\", {payload}]", raw_msg)
-        elif type_id in (3, 4):
-            self._route_response(msg, unique_id, raw_msg)
+        """Act on one frame as framing.parse classifies it (the OCPP-J rules live there, pure)."""
+        frame = framing.parse(raw_msg)
+        if isinstance(frame, framing.Call):
+            await self._handle_call(Call(frame.unique_id, frame.action, frame.payload))
+        elif isinstance(frame, (framing.Result, framing.Error)):
+            if not self._call_lock.locked():
+                self._warn("%s: dropped a response to no outstanding request: %s", self.id, _short(raw_msg))
+            elif isinstance(frame, framing.Result):
+                self._response_queue.put_nowait(CallResult(frame.unique_id, frame.payload))
+            else:
+                self._response_queue.put_nowait(CallError(frame.unique_id, frame.code, frame.description, frame.details))
+        elif isinstance(frame, framing.Reject):
+            error = TypeConstraintViolationError if frame.code == "TypeConstraintViolation" else FormationViolationError
+            answer = error(details={"cause": frame.cause})
+            self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, frame.code, frame.cause, _short(raw_msg))
+            await self._send_error(frame.unique_id, answer)
         else:
-            await self._reject_frame(unique_id, f"unknown MessageTypeId {printable(type_id, 20)} (2 CALL, 3 CALLRESULT, 4 CALLERROR)", raw_msg)
-
-    async def _reject_frame(self, unique_id: str | None, cause: str, raw_msg: str,
-                            error: type[OCPPError] = FormationViolationError) -> None:
-        if unique_id is None:
-            self._warn("%s: dropped a malformed frame without a usable message id (%s): %s", self.id, cause, _short(raw_msg))
-            return
-        answer = error(details={"cause": cause})
-        self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, _WIRE_CODES.get(answer.code, answer.code), cause, _short(raw_msg))
-        await self._send_error(unique_id, answer)
-
-    def _route_response(self, msg: list[Any], unique_id: str | None, raw_msg: str) -> None:
-        if not self._call_lock.locked():
-            self._warn("%s: dropped a response to no outstanding request: %s", self.id, _short(raw_msg))
-            return
-        if msg[0] == 3 and len(msg) == 3 and unique_id and isinstance(msg[2], dict):
-            self._response_queue.put_nowait(CallResult(unique_id, msg[2]))
-        elif msg[0] == 4 and len(msg) in (4, 5) and unique_id and isinstance(msg[2], str):
-            details = msg[4] if len(msg) == 5 and isinstance(msg[4], dict) else {}
-            self._response_queue.put_nowait(CallError(unique_id, msg[2], str(msg[3]), details))
-        else:
-            self._warn("%s: dropped a malformed response: %s", self.id, _short(raw_msg))
+            self._warn("%s: dropped %s: %s", self.id, frame.why, _short(raw_msg))
 
     async def _send_error(self, unique_id: str, error: OCPPError) -> None:
         if unique_id == self._handling_boot:
             self.boot_refused = True  # answered with a CALLERROR: the charger is not registered
-        code = _WIRE_CODES.get(error.code, error.code)
-        await self._send(json.dumps([4, unique_id, code, error.description, error.details or {}], separators=(",", ":")))
+        await self._send(framing.call_error(unique_id, error.code, error.description, error.details))
 
     async def _handle_call(self, msg: Call) -> None:
         self._handling_boot = msg.unique_id if msg.action == Action.boot_notification else None
