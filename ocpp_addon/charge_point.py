@@ -48,6 +48,7 @@ from . import framing, validation
 from .logs import LogBudget
 from .topics import printable
 from .limits import UNSUPPORTED, electrical, learn_supply
+from .results import CONFIG_TAKEN, Status
 from .profiles import Attempt, convert_limit, limit_now, profile_id
 from .state import (
     CAPABILITY_KEYS,
@@ -575,7 +576,7 @@ class ChargePoint(_OcppChargePoint):
         """Read the charger's smart-charging capabilities once per connection; apply our meter-value settings."""
         try:
             outcome = await self.call_status(call.GetConfiguration(key=list(CAPABILITY_KEYS)))
-            keys = outcome.get("response", {}).get("configurationKey") if outcome["status"] == "Accepted" else None
+            keys = outcome.get("response", {}).get("configurationKey") if outcome["status"] == Status.ACCEPTED else None
             if keys is not None:
                 self.state.capabilities = parse_configuration(keys)
                 _LOGGER.info("%s: capabilities %s", self.id, self.state.capabilities)
@@ -597,20 +598,20 @@ class ChargePoint(_OcppChargePoint):
         interval = wanted["sample_interval"]
         if interval is not None and caps.get("meter_value_sample_interval") != interval:
             result = await self.execute_change_configuration("MeterValueSampleInterval", str(interval))
-            changed = changed or result["status"] in ("Accepted", "RebootRequired")
+            changed = changed or result["status"] in CONFIG_TAKEN
         measurands = wanted["sampled_data"]
         current = caps.get("meter_values_sampled_data")
         if measurands and current is not None and set(measurands) != set(current):
             result = await self.execute_change_configuration("MeterValuesSampledData", ",".join(measurands))
-            if result["status"] not in ("Accepted", "RebootRequired"):
+            if result["status"] not in CONFIG_TAKEN:
                 accepted = []
                 for measurand in measurands:
                     single = await self.execute_change_configuration("MeterValuesSampledData", measurand)
-                    if single["status"] in ("Accepted", "RebootRequired"):
+                    if single["status"] in CONFIG_TAKEN:
                         accepted.append(measurand)
                 if accepted:
                     result = await self.execute_change_configuration("MeterValuesSampledData", ",".join(accepted))
-                if not accepted or result["status"] not in ("Accepted", "RebootRequired"):
+                if not accepted or result["status"] not in CONFIG_TAKEN:
                     await self.execute_change_configuration("MeterValuesSampledData", ",".join(current) or "Energy.Active.Import.Register")
                 _LOGGER.warning("%s: charger refused MeterValuesSampledData %s; kept %s", self.id, ",".join(measurands),
                                 ",".join(accepted) or ",".join(current))
@@ -630,12 +631,12 @@ class ChargePoint(_OcppChargePoint):
             template = self.config["charging"]["profile"]
             result = await self.execute_clear_charging_profile(purpose=template["purpose"], stack_level=template["stack_level"])
         else:
-            result = {"status": "Accepted"}
+            result = {"status": Status.ACCEPTED}
             fixed = self.config["charging"]["profile"]["profile_id"]
             for connector_id in strategy.connector_ids:
                 ours = profile_id(strategy.purpose, connector_id, strategy.stack_level, fixed)
                 result = await self.execute_clear_charging_profile(profile_id=ours)
-                if result["status"] != "Accepted":
+                if result["status"] != Status.ACCEPTED:
                     result = await self.execute_clear_charging_profile(purpose=strategy.purpose, stack_level=strategy.stack_level)
         return {**result, "command": "clear_charging_limit"}
 
@@ -648,7 +649,7 @@ class ChargePoint(_OcppChargePoint):
         result = await self.execute_get_composite_schedule(connector_id=state.connector_ids[0], duration=300, unit=unit)
         effective: float | None = None
         response = result.get("response", {})
-        schedule = response.get("chargingSchedule") if result["status"] == "Accepted" else None
+        schedule = response.get("chargingSchedule") if result["status"] == Status.ACCEPTED else None
         if schedule:
             periods = [(int(p.get("startPeriod", 0)), float(p["limit"])) for p in schedule.get("chargingSchedulePeriod", []) if "limit" in p]
             started = parse_timestamp(response.get("scheduleStart") or schedule.get("startSchedule")) or datetime.now(timezone.utc)
@@ -665,7 +666,7 @@ class ChargePoint(_OcppChargePoint):
         """Ask the charger to send a message now (BootNotification, MeterValues, StatusNotification, ...)."""
         profiles = self.state.capabilities.get("feature_profiles")
         if profiles is not None and not any(p.lower() == "remotetrigger" for p in profiles):
-            return {"command": "trigger_message", "requested_message": requested_message, "status": "NotSupported",
+            return {"command": "trigger_message", "requested_message": requested_message, "status": Status.NOT_SUPPORTED,
                     "reason": "the charger does not list RemoteTrigger in SupportedFeatureProfiles"}
         return {"command": "trigger_message", "requested_message": requested_message,
                 **await self.call_status(call.TriggerMessage(requested_message=requested_message, connector_id=connector_id))}
@@ -699,10 +700,10 @@ class ChargePoint(_OcppChargePoint):
         """ChangeAvailability; some single-outlet chargers refuse connector 0, so fall back to each connector."""
         kind = "Operative" if operative else "Inoperative"
         outcome = await self.call_status(call.ChangeAvailability(connector_id=connector_id, type=kind))
-        if connector_id == 0 and outcome["status"] == "Rejected":
+        if connector_id == 0 and outcome["status"] == Status.REJECTED:
             for each in self.state.connector_ids:
                 outcome = await self.call_status(call.ChangeAvailability(connector_id=each, type=kind))
-                if outcome["status"] not in ("Accepted", "Scheduled"):
+                if outcome["status"] not in (Status.ACCEPTED, Status.SCHEDULED):
                     break
             connector_id = -1  # reported as "each connector"
         return {"command": "change_availability", "type": kind, "connector_id": connector_id if connector_id >= 0 else "each", **outcome}
@@ -711,7 +712,7 @@ class ChargePoint(_OcppChargePoint):
         """Ask for fresh meter values and status now (TriggerMessage)."""
         meter = await self.execute_trigger_message("MeterValues", self.state.connector_ids[0])
         status = await self.execute_trigger_message("StatusNotification")
-        worst = meter if meter["status"] != "Accepted" else status
+        worst = meter if meter["status"] != Status.ACCEPTED else status
         result = {"command": "refresh", "status": worst["status"], "meter_values": meter["status"], "status_notification": status["status"]}
         if "reason" in worst:
             result["reason"] = worst["reason"]
@@ -731,20 +732,20 @@ class ChargePoint(_OcppChargePoint):
             response = await self.call(request, suppress=False)
         except asyncio.TimeoutError:
             _LOGGER.warning("%s: no answer to %s within %ss", self.id, action, self._response_timeout)
-            return {"status": "Timeout", "reason": f"no answer within {self._response_timeout:g} s"}
+            return {"status": Status.TIMEOUT, "reason": f"no answer within {self._response_timeout:g} s"}
         except ConnectionClosed:
             _LOGGER.info("%s: %s not answered: the connection closed", self.id, action)
-            return {"status": "Disconnected", "reason": "the charger disconnected"}
+            return {"status": Status.DISCONNECTED, "reason": "the charger disconnected"}
         except InvalidResponse as err:
             _LOGGER.warning("%s: %s answer breaks the OCPP schema: %s", self.id, action, err)
-            return {"status": "InvalidResponse", "reason": str(err)}
+            return {"status": Status.INVALID_RESPONSE, "reason": str(err)}
         except OCPPError as err:
             _LOGGER.warning("%s: %s answered with CALLERROR %s", self.id, action, err.code)
-            return {"status": "CallError", "reason": f"{err.code}: {err.description}"}
+            return {"status": Status.CALL_ERROR, "reason": f"{err.code}: {err.description}"}
         status = getattr(response, "status", None)
         if status is not None:
             _LOGGER.info("%s: %s -> %s", self.id, action, status)
-        outcome: dict[str, Any] = {"status": str(status) if status is not None else "Accepted"}
+        outcome: dict[str, Any] = {"status": str(status) if status is not None else Status.ACCEPTED}
         details = camel_keys(remove_nones(serialize_as_dict(response)))
         details.pop("status", None)
         if details:

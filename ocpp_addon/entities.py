@@ -129,6 +129,8 @@ SENSORS: tuple[EntityDescription, ...] = (
     EntityDescription("id_tag", "Id tag", category="diagnostic", icon="mdi:card-account-details-outline", value=_attr(_session, "id_tag")),
     EntityDescription("stop_reason", "Stop reason", category="diagnostic", icon="mdi:stop-circle-outline", value=_attr(_session, "stop_reason")),
     EntityDescription("firmware_status", "Firmware update", category="diagnostic", icon="mdi:update", value=lambda s: s.firmware_status),
+    EntityDescription("diagnostics_status", "Diagnostics upload", category="diagnostic", icon="mdi:file-upload-outline",
+                      value=lambda s: s.diagnostics_status),
     EntityDescription("smart_charging", "Smart charging", category="diagnostic", icon="mdi:tune-variant",
                       value=lambda s: smart_charging_summary(s), attributes="capabilities"),
     # In the unit it was asked in (requested_limit_unit), which need not be the slider's.

@@ -21,7 +21,7 @@ from .config import bridge_topic
 from .topics import is_charger_id, printable
 from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, EntityDescription, attribute_template, is_entity_key, sensor_rows, state_values
 from .hub import BOOT_REFUSED, CONNECTED, DISCONNECTED, IDENTIFIED, READY, REMOVED, RESULT, UPDATED, Event, Hub
-from .limits import FINAL_REFUSALS
+from .results import FINAL_REFUSALS, Status
 from .mqtt_bridge import MqttBridge
 from .profiles import SetpointError
 from .state import ChargerState, parse_number, utc_now_iso
@@ -393,7 +393,7 @@ class HomeAssistantSink:
         handler = self._COMMANDS.get(command)
         if handler is None:
             _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
-            self.hub.result(cid, command=command, status="UnknownCommand", reason=f"no command {command!r}; see the README's topic table")
+            self.hub.result(cid, command=command, status=Status.UNKNOWN_COMMAND, reason=f"no command {command!r}; see the README's topic table")
             return
         try:
             return handler(self, cid, payload)  # the store's write of a setpoint: acknowledged once done

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 
-from .limits import FINAL_REFUSALS, Applied, LimitController, LimitStatus, shown
+from .limits import Applied, LimitController, shown
+from .results import FINAL_REFUSALS, Status
 from .state import ChargerState
 from .store import Store
 
-__all__ = ["FINAL_REFUSALS", "LimitStatus", "EventKind", "Event", "Hub"]
+__all__ = ["FINAL_REFUSALS", "Status", "EventKind", "Event", "Hub"]
 
 if TYPE_CHECKING:
     from .charge_point import ChargePoint
@@ -218,7 +219,7 @@ class Hub:
         if charger_id not in self.states:
             unit = unit or self.config["charging"]["unit"]
             _LOGGER.warning("%s: charging limit %g %s refused: unknown charger", charger_id, limit, unit)
-            self.result(charger_id, command="charging_limit", status=LimitStatus.UNKNOWN_CHARGER, limit=limit, unit=unit, source=source,
+            self.result(charger_id, command="charging_limit", status=Status.UNKNOWN_CHARGER, limit=limit, unit=unit, source=source,
                         reason="no charger with this id has ever connected")
             return None
         return self.limit(charger_id).request(limit, unit, source)
@@ -240,19 +241,19 @@ class Hub:
         """
         cp = self.connected.get(charger_id)
         if cp is None:
-            status = "Offline" if charger_id in self.states else "UnknownCharger"
+            status = Status.OFFLINE if charger_id in self.states else Status.UNKNOWN_CHARGER
             result: dict[str, Any] = {"command": name, "status": status, "reason": "charger not connected"}
         elif name == "set_charging_schedule":
             result = await self.limit(charger_id).schedule(cp, **kwargs)
-            if result["status"] == LimitStatus.ACCEPTED:
+            if result["status"] == Status.ACCEPTED:
                 self.spawn(cp.refresh_effective_limit())
         else:
             method = getattr(cp, f"execute_{name}", None)
             if method is None:
-                result = {"command": name, "status": "UnknownCommand", "reason": f"no command {name!r}"}
+                result = {"command": name, "status": Status.UNKNOWN_COMMAND, "reason": f"no command {name!r}"}
             else:
                 result = await method(**kwargs)
-                if name == "clear_charging_limit" and result["status"] == LimitStatus.ACCEPTED:
+                if name == "clear_charging_limit" and result["status"] == Status.ACCEPTED:
                     self.limit(charger_id).cleared()
                     self.spawn(cp.refresh_effective_limit())
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=result))
@@ -270,7 +271,7 @@ class Hub:
         self.store.forget_charger(charger_id)
         _LOGGER.info("%s: removed", charger_id)
         self.emit(Event(REMOVED, charger_id, state))
-        self.result(charger_id, command="remove", status="Accepted")
+        self.result(charger_id, command="remove", status=Status.ACCEPTED)
 
     async def close(self) -> None:
         tasks = list(self._background.values())

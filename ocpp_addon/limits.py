@@ -23,9 +23,9 @@ import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
+from .results import FINAL_REFUSALS, Status
 from .profiles import (
     Attempt,
     SetpointError,
@@ -47,27 +47,6 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 UNSUPPORTED = {"unsupported": True}  # the learned strategy of a charger that answered NotSupported to the whole ladder
-
-
-class LimitStatus(StrEnum):
-    """The outcome of a setpoint, as published in the ``status`` of its event."""
-
-    ACCEPTED = "Accepted"
-    REJECTED = "Rejected"
-    NOT_SUPPORTED = "NotSupported"
-    TIMEOUT = "Timeout"
-    DISCONNECTED = "Disconnected"
-    CALL_ERROR = "CallError"
-    INVALID_RESPONSE = "InvalidResponse"
-    INVALID = "Invalid"
-    QUEUED = "Queued"
-    UNCHANGED = "Unchanged"
-    UNKNOWN_CHARGER = "UnknownCharger"
-
-
-# Answers that settle a setpoint: it is not retried on reconnect (a Timeout or a lost connection is).
-FINAL_REFUSALS = frozenset({LimitStatus.REJECTED, LimitStatus.NOT_SUPPORTED, LimitStatus.CALL_ERROR,
-                            LimitStatus.INVALID_RESPONSE, LimitStatus.INVALID})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +212,7 @@ async def install(call_status: CallStatus, state: ChargerState, charging: Mappin
     template = template or charging["profile"]
     caps = state.capabilities
     if caps.get("smart_charging") is False:
-        return ({"status": LimitStatus.NOT_SUPPORTED,
+        return ({"status": Status.NOT_SUPPORTED,
                  "reason": "the charger does not list SmartCharging in SupportedFeatureProfiles", "attempts": []}, None, None)
     elec = electrical(state, charging, template)
     active = state.active_transaction()
@@ -245,17 +224,17 @@ async def install(call_status: CallStatus, state: ChargerState, charging: Mappin
     if unsupported:
         attempts = attempts[:1]
     tried: list[dict[str, Any]] = []
-    final: dict[str, Any] = {"status": LimitStatus.REJECTED}
+    final: dict[str, Any] = {"status": Status.REJECTED}
     applied: Applied | None = None
     remember: dict[str, Any] | None = None
     for attempt in attempts:
         try:
             planned = [(offset, *to_wire(value, unit, attempt.unit, elec, charging["below_min"])) for offset, value in periods]
         except SetpointError as err:
-            final = {"status": LimitStatus.INVALID, "reason": str(err)}
+            final = {"status": Status.INVALID, "reason": str(err)}
             break
         wire = [(offset, value) for offset, value, _ in planned]
-        outcome: dict[str, Any] = {"status": LimitStatus.ACCEPTED}
+        outcome: dict[str, Any] = {"status": Status.ACCEPTED}
         profile_ids = []
         for connector_id in attempt.connector_ids:
             try:
@@ -263,37 +242,37 @@ async def install(call_status: CallStatus, state: ChargerState, charging: Mappin
                     wire[0][1], attempt.unit, attempt_template(template, attempt, connector_id), now=now,
                     transaction_id=active[1].transaction_id if active else None, periods=wire, start=start)
             except SetpointError as err:
-                outcome = {"status": LimitStatus.INVALID, "reason": str(err)}
+                outcome = {"status": Status.INVALID, "reason": str(err)}
                 break
             profile_ids.append(payload["csChargingProfiles"]["chargingProfileId"])
             outcome = await call_status(call.SetChargingProfile(connector_id=payload["connectorId"],
                                                                 cs_charging_profiles=payload["csChargingProfiles"]))
-            if outcome["status"] != LimitStatus.ACCEPTED:
+            if outcome["status"] != Status.ACCEPTED:
                 break
         tried.append({**attempt.as_dict(), "limit": wire[0][1], "profile_ids": profile_ids, "status": outcome["status"],
                       **({"reason": outcome["reason"]} if "reason" in outcome else {})})
         final = outcome
-        if outcome["status"] == LimitStatus.ACCEPTED:
+        if outcome["status"] == Status.ACCEPTED:
             if state.strategy != attempt.as_dict():
                 remember = attempt.as_dict()
             applied = Applied(wire[0][1], attempt.unit, elec.voltage, elec.phases, planned[0][2])
-            final = {"status": LimitStatus.ACCEPTED, "sent_limit": wire[0][1], "sent_unit": attempt.unit, "purpose": attempt.purpose,
+            final = {"status": Status.ACCEPTED, "sent_limit": wire[0][1], "sent_unit": attempt.unit, "purpose": attempt.purpose,
                      "connector_ids": list(attempt.connector_ids), "stack_level": attempt.stack_level, "kind": attempt.kind,
                      "electrical": elec.describe()}
             if planned[0][2]:
                 final["note"] = planned[0][2]
             break
-        if outcome["status"] in (LimitStatus.TIMEOUT, LimitStatus.INVALID, LimitStatus.DISCONNECTED) or \
+        if outcome["status"] in (Status.TIMEOUT, Status.INVALID, Status.DISCONNECTED) or \
                 str(outcome.get("reason", "")).startswith(("NotImplemented", "NotSupported")):
             break  # no ladder step can help: the charger is silent or has no smart charging at all
     else:
-        if tried and all(t["status"] == LimitStatus.NOT_SUPPORTED for t in tried) and not unsupported:
+        if tried and all(t["status"] == Status.NOT_SUPPORTED for t in tried) and not unsupported:
             # Every way of installing a limit answered NotSupported: later setpoints try one step only.
             remember = dict(UNSUPPORTED)
     if len(tried) > 1:
         _LOGGER.info("%s: charging profile attempts: %s", state.id,
                      "; ".join(f"{t['purpose']}@{t['connector_ids']}/{t['kind']}/s{t['stack_level']}/{t['unit']}={t['status']}" for t in tried))
-    if final["status"] == LimitStatus.NOT_SUPPORTED and "reason" not in final:
+    if final["status"] == Status.NOT_SUPPORTED and "reason" not in final:
         final["reason"] = "the charger answered NotSupported to every way of installing a charging profile"
     return {**final, "attempts": tried}, applied, remember
 
@@ -323,7 +302,7 @@ class LimitController:
             check_limit(limit, unit, self.charging)
         except SetpointError as err:
             _LOGGER.warning("%s: charging limit refused: %s", self.id, err)
-            self._result(LimitStatus.INVALID, limit=limit, unit=unit, source=source, reason=str(err))
+            self._result(Status.INVALID, limit=limit, unit=unit, source=source, reason=str(err))
             return None
         state = self.state
         state.requested_limit, state.requested_unit = limit, unit
@@ -332,7 +311,7 @@ class LimitController:
         cp = self.hub.connected.get(self.id)
         if cp is None or not cp.ready.is_set():
             _LOGGER.info("%s: charger offline; keeping charging limit %g %s until it connects", self.id, limit, unit)
-            self._result(LimitStatus.QUEUED, limit=limit, unit=unit, source=source, reason="charger offline; sent when it connects")
+            self._result(Status.QUEUED, limit=limit, unit=unit, source=source, reason="charger offline; sent when it connects")
             return durable
         delay = self.charging["debounce"]
         loop = asyncio.get_running_loop()
@@ -380,7 +359,7 @@ class LimitController:
             start, periods = parse_schedule(entries, now, self.state.capabilities.get("max_periods"))
             check_schedule(periods, unit, self.charging)
         except SetpointError as err:
-            return {**result, "status": LimitStatus.INVALID, "reason": str(err)}
+            return {**result, "status": Status.INVALID, "reason": str(err)}
         template = {**self.charging["profile"], "kind": "Absolute"}
         result.update(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), periods=[{"start_period": o, "limit": v} for o, v in periods])
         await cp.configured.wait()
@@ -413,7 +392,7 @@ class LimitController:
             worker.cancel()
         if interrupted and self.state.requested_limit is not None:
             # Every command ends with an event: this one is kept and goes out when the charger is back.
-            self._result(LimitStatus.QUEUED, limit=self.state.requested_limit, unit=self.state.requested_unit,
+            self._result(Status.QUEUED, limit=self.state.requested_limit, unit=self.state.requested_unit,
                          reason="the charger went offline before it answered; sent when it connects")
         return interrupted
 
@@ -437,7 +416,7 @@ class LimitController:
                 return
             if not self.unsettled and state.strategy and not self._force:
                 # Unchanged: every profile write wears the charger's flash.
-                self._result(LimitStatus.UNCHANGED, limit=limit, unit=unit)
+                self._result(Status.UNCHANGED, limit=limit, unit=unit)
                 continue
             self._force = False
             outcome, applied, remember = await install(cp.call_status, state, self.charging, [(0, limit)], unit)
@@ -477,5 +456,5 @@ class LimitController:
             self.hub.store.update_charger(self.id, strategy=strategy)
             self.hub.state_changed(self.state, ("smart_charging",))
 
-    def _result(self, status: LimitStatus, **data: Any) -> None:
+    def _result(self, status: Status, **data: Any) -> None:
         self.hub.emit_result(self.id, {"command": "charging_limit", "status": status, **data})
