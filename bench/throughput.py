@@ -17,6 +17,8 @@ and RSS are its own), connects a fleet of raw-websocket chargers in worker proce
 and prints the ratios; ``--target baseline`` runs only that. ``--interval 0`` sends back to back
 (closed loop) to find saturation. ``--profile pyspy`` samples the service with py-spy during the
 window (``pip install py-spy``); ``--profile cprofile`` runs it under cProfile (slower, whole run).
+``--web`` turns the chargers page on as the add-on serves it, with no browser connected: runs with
+and without it, interleaved, show what the page costs while nobody has it open.
 
 Examples:
     python bench/throughput.py                              # 100 chargers, 1 s, 20 s
@@ -63,6 +65,10 @@ from common import (  # noqa: E402
 )
 
 
+# --web: the page as the add-on serves it, with no browser connected (what "costs nothing" is about).
+WEB_ON = {"enabled": True, "ingress": True, "ingress_proxy": "127.0.0.1", "host": "127.0.0.1", "port": 0}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wait up to this many seconds for the machine to be idle before each run (default 60; 0: don't)")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, profiles)")
+    p.add_argument("--web", action="store_true", help="the chargers page on (ingress mode, a free port, nobody looking)")
     args = p.parse_args(argv)
     args.duration = min(max(args.duration, 1.0), 600.0)
     if args.chargers < 1:
@@ -104,9 +111,14 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
     if args.wait_quiet > 0:
         out["machine_busy_before_pct"] = await asyncio.to_thread(wait_for_quiet, args.wait_quiet)
     if target == "service":
-        svc, port = await asyncio.to_thread(start_service, wd, broker.port, args.log_level, cprofile_out, None, args.patch, window_profile)
+        svc, port = await asyncio.to_thread(start_service, wd, broker.port, args.log_level, cprofile_out,
+                                             {"web": WEB_ON} if args.web else None, args.patch, window_profile)
         out["startup_s"] = svc.startup_seconds
         out["mqtt_online_s"] = await asyncio.to_thread(wait_bridge_online, broker.port)
+        out["web"] = args.web
+        if args.web and not any("chargers page on port" in line for line in svc.tail):  # logged before the ready line
+            svc.stop()
+            raise SystemExit("--web: the service did not start the chargers page (see its log)")
     else:
         svc, port = await asyncio.to_thread(start_baseline, wd)
         out["startup_s"] = svc.startup_seconds
@@ -209,7 +221,8 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
 def report(r: dict[str, Any]) -> None:
     kb = lambda v: f"{v / 1024:.1f} MiB"  # noqa: E731
     offered = f"{r['offered_per_s']:.0f}/s offered" if r.get("offered_per_s") else "closed loop (back to back)"
-    print(f"\n=== {r['target']}: {r['chargers']} chargers, MeterValues every {r['interval']:g} s, {r['duration']:g} s window ===")
+    page = ", chargers page on (nobody looking)" if r.get("web") else ""
+    print(f"\n=== {r['target']}: {r['chargers']} chargers, MeterValues every {r['interval']:g} s, {r['duration']:g} s window{page} ===")
     print(f"start-up to ready line      {r['startup_s']:.2f} s" + (f" (MQTT online after {r['mqtt_online_s']:.2f} s more)" if r.get("mqtt_online_s") is not None else ""))
     print(f"connect+boot ramp           {r['connected']} connected, {r['booted']} booted, {r['connect_failed']} failed in "
           f"{r['ramp_seconds']:.1f} s ({r['connected'] / max(r['ramp_seconds'], 1e-9):.0f}/s incl. worker start); service CPU {r['connect_cpu_s']:.1f} s")

@@ -67,6 +67,12 @@ class App:
             # Raw frames always: the BEMcom sensor datapoints are the charger's CALLs as sent.
             self.hub.add_sink(self.bemcom, raw_frames=True)
         self.central_system = CentralSystem(config, self.hub)
+        self.web: Any = None
+        if config["web"]["enabled"]:
+            from .web import WebSink  # aiohttp is imported only when the page is on
+
+            self.web = WebSink(config, self.hub)
+            self.hub.add_sink(self.web)
 
     async def start(self) -> None:
         mqtt_cfg = self.config["mqtt"]
@@ -94,6 +100,8 @@ class App:
             _LOGGER.warning("MQTT broker %s:%d not reached yet; serving chargers anyway, their values go out once it is",
                             mqtt_cfg["host"], mqtt_cfg["port"])
         await self.central_system.start()
+        if self.web is not None:
+            await self.web.start()
         _LOGGER.info(
             "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, %s",
             self.central_system.scheme, ocpp["host"], self.central_system.port, ocpp["path_prefix"],
@@ -105,6 +113,8 @@ class App:
     async def stop(self) -> None:
         _LOGGER.info("stopping")
         connected = list(self.hub.connected)
+        if self.web is not None:
+            await self.web.stop()
         await self.central_system.close()
         await self.hub.close()
         for charger_id in connected if self.homeassistant is not None else ():  # no stale 'online' for chargers we just dropped

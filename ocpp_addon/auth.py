@@ -244,6 +244,49 @@ class Authenticator:
         return "wrong password" if stored is not None else "no password is configured for this charge point"
 
 
+class PagePassword:
+    """The chargers page's ``web.password`` (standalone mode), checked by the same rules as a
+    charger's: PBKDF2 on the :class:`FairHasher`'s threads, never on the event loop that serves
+    the chargers, a bounded number of attempts waiting per client address, a wrong password seen
+    recently refused without hashing it again. The browser sends the credentials with every
+    request (the page, its script, its style sheet, the WebSocket): once verified they are
+    remembered as a peppered fast digest, so opening the page costs one PBKDF2, not four."""
+
+    def __init__(self, stored: str) -> None:
+        self._stored = stored
+        self._pepper = os.urandom(16)
+        self._verified: bytes | None = None
+        self._failed: OrderedDict[bytes, None] = OrderedDict()
+        self.hasher = FairHasher()
+
+    async def check(self, authorization: str | None, address: str = "?") -> bool:
+        """Do these HTTP Basic credentials carry the password? (Any username.)"""
+        credentials = parse_basic(authorization)
+        if credentials is None:
+            return False
+        password = credentials[1]
+        digest = hmac.new(self._pepper, password, hashlib.sha256).digest()
+        if self._verified is not None and hmac.compare_digest(self._verified, digest):
+            return True
+        if digest in self._failed:
+            self._failed.move_to_end(digest)
+            return False
+        stored = self._stored
+        if is_slow(stored):
+            ok = await self.hasher.run(address, "web", lambda: verify(password, stored))
+            if ok is None:  # too many attempts waiting from this address: refused without work
+                return False
+        else:
+            ok = verify(password, stored)
+        if ok:
+            self._verified = digest
+            return True
+        self._failed[digest] = None
+        if len(self._failed) > FAILED_MEMORY:
+            self._failed.popitem(last=False)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ocpp_addon.auth",

@@ -193,6 +193,8 @@ class ChargePoint(_OcppChargePoint):
                     continue
                 if self.hub.wants_raw_frames:
                     self.hub.raw_frame(self.id, frame)
+                if self.hub.frame_tap is not None:
+                    self.hub.frame_tap(self.id, "in", frame)
                 await self.route_message(frame)
         except ConnectionClosed:
             return
@@ -363,6 +365,8 @@ class ChargePoint(_OcppChargePoint):
     async def _send(self, message: str) -> None:
         if _LOGGER.isEnabledFor(logging.DEBUG):
             _LOGGER.debug("%s: send %s", self.id, message)
+        if self.hub.frame_tap is not None:
+            self.hub.frame_tap(self.id, "out", message)
         await self._connection.send(message)
 
     def _mark_ready(self, why: str) -> None:

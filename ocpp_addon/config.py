@@ -8,6 +8,7 @@ reading code; loading fails before any port is opened.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -56,6 +57,15 @@ def _path_prefix(value: Any) -> str:
     if text and not re.fullmatch(r"[A-Za-z0-9._~/-]+", text):
         raise vol.Invalid("expected a URL path such as 'ocpp' (letters, digits, '.', '_', '~', '-', '/')")
     return f"/{text}" if text else ""
+
+
+def _ip_address(value: Any) -> str:
+    text = vol.Coerce(str)(value).strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise vol.Invalid("expected an IP address such as 172.30.32.2") from None
+    return text
 
 
 def _finite(value: Any) -> float:
@@ -287,6 +297,19 @@ SCHEMA = vol.Schema(
             vol.Optional("controller_sensor", default=None): _optional_text,
             vol.Optional("heartbeat_interval", default=30): POSITIVE_SECONDS,
         },
+        # The chargers page (ocpp_addon/web.py). Standalone: off unless enabled, then behind a password.
+        # The add-on serves it through Home Assistant's ingress instead (supervisor.py sets ingress).
+        vol.Optional("web", default={}): {
+            vol.Optional("enabled", default=False): vol.Boolean(),
+            vol.Optional("host", default="127.0.0.1"): vol.Coerce(str),
+            vol.Optional("port", default=8099): vol.All(vol.Coerce(int), vol.Range(min=0, max=65535)),
+            vol.Optional("password", default=None): _stored_password,
+            # Accept only the Supervisor's ingress proxy (which has logged the user in) instead of a password.
+            vol.Optional("ingress", default=False): vol.Boolean(),
+            vol.Optional("ingress_proxy", default="172.30.32.2"): _ip_address,
+            # Newest frames kept per charger while a page is open (memory only; the page holds 1000 at most).
+            vol.Optional("frames_per_charger", default=500): vol.All(vol.Coerce(int), vol.Range(min=10, max=1000)),
+        },
     }
 )
 
@@ -369,6 +392,10 @@ def validate(data: Any) -> dict[str, Any]:
         raise ConfigError("ocpp.auth.mode = 'basic': set ocpp.auth.password (shared) or ocpp.auth.passwords (per charge point)")
     if auth["mode"] == "none" and has_password:
         raise ConfigError("ocpp.auth.mode = 'none' but passwords are set: set ocpp.auth.mode to 'basic' to require them")
+    web = config["web"]
+    if web["enabled"] and not web["ingress"] and not web["password"]:
+        raise ConfigError("web.enabled: set web.password (the chargers page controls your chargers), "
+                          "or leave web.enabled off")
     mqtt = config["mqtt"]
     if mqtt["keyfile"] and not mqtt["certfile"]:
         raise ConfigError("mqtt.keyfile: give mqtt.certfile (the client certificate) with it")

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import __version__, strict_json
 from .config import bridge_topic
@@ -390,72 +390,89 @@ class HomeAssistantSink:
             if cid in self.hub.states:
                 _LOGGER.info("%s: ignored an empty %s payload; commands need an explicit payload (see the README's topic table)", cid, command)
             return None
-        handler = self._COMMANDS.get(command)
+        handler = COMMANDS.get(command)
         if handler is None:
             _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
             self.hub.result(cid, command=command, status=Status.UNKNOWN_COMMAND, reason=f"no command {command!r}; see the README's topic table")
             return
         try:
-            return handler(self, cid, payload)  # the store's write of a setpoint: acknowledged once done
+            return handler(self.hub, self.config, cid, payload, "mqtt")  # the store's write of a setpoint: acknowledged once done
         except SetpointError as err:
             _LOGGER.warning("%s: %s refused: %s", cid, command, err)
             self.hub.result(cid, command=command, status="Invalid", reason=str(err))
         return None
 
-    def _charging_limit(self, cid: str, payload: bytes) -> Any:
-        limit, unit = parse_limit_payload(payload, self.config["charging"]["unit"])
-        return self.hub.set_charging_limit(cid, limit, unit, source="mqtt")
 
-    def _charging_schedule(self, cid: str, payload: bytes) -> None:
-        entries = _json_payload(payload)
-        self.hub.run_command(cid, "set_charging_schedule", entries=entries)
+# -- commands -------------------------------------------------------------------------------
+# One function per ``<base>/<cp>/<command>/set`` topic, from the payload to the hub call. The
+# chargers page (web.py) sends its controls through the same table, so a payload is parsed and
+# checked the same way wherever it comes from. A refused payload raises SetpointError.
 
-    def _charging(self, cid: str, payload: bytes) -> None:
-        if parse_switch(payload):
-            self.hub.run_command(cid, "remote_start_transaction", id_tag=self.config["charging"]["id_tag"], connector_id=1)
-            return
-        state = self.hub.states.get(cid)
-        active = state.active_transaction() if state else None
-        if active is None:
-            self.hub.result(cid, command="remote_stop_transaction", status="NoTransaction", reason="no transaction is running")
-            return
-        self.hub.run_command(cid, "remote_stop_transaction", transaction_id=active[1].transaction_id)
 
-    def _available(self, cid: str, payload: bytes) -> None:
-        self.hub.run_command(cid, "change_availability", operative=parse_switch(payload))
+def _charging_limit(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> Any:
+    limit, unit = parse_limit_payload(payload, config["charging"]["unit"])
+    return hub.set_charging_limit(cid, limit, unit, source=source)
 
-    def _reset(self, cid: str, payload: bytes) -> None:
-        kind = payload.decode("utf-8", "replace").strip().capitalize()
-        if kind not in ("Soft", "Hard"):
-            raise SetpointError(f"reset type {printable(kind, 20)!r} is not allowed; use Soft or Hard")
-        self.hub.run_command(cid, "reset", kind=kind)
 
-    def _unlock(self, cid: str, payload: bytes) -> None:
-        text = payload.decode("utf-8", "replace").strip()
-        if not re.fullmatch(r"[0-9]{1,3}", text, re.ASCII) or not 1 <= int(text) <= self.config["ocpp"]["max_connectors"]:
-            raise SetpointError(f"connector {printable(text, 20)!r} is not a connector number (1 to {self.config['ocpp']['max_connectors']})")
-        self.hub.run_command(cid, "unlock_connector", connector_id=int(text))
+def _charging_schedule(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    entries = _json_payload(payload)
+    hub.run_command(cid, "set_charging_schedule", entries=entries)
 
-    def _refresh(self, cid: str, payload: bytes) -> None:
-        self.hub.run_command(cid, "refresh")
 
-    def _clear_limit(self, cid: str, payload: bytes) -> None:
-        self.hub.run_command(cid, "clear_charging_limit")
+def _charging(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    if parse_switch(payload):
+        hub.run_command(cid, "remote_start_transaction", id_tag=config["charging"]["id_tag"], connector_id=1)
+        return
+    state = hub.states.get(cid)
+    active = state.active_transaction() if state else None
+    if active is None:
+        hub.result(cid, command="remote_stop_transaction", status="NoTransaction", reason="no transaction is running")
+        return
+    hub.run_command(cid, "remote_stop_transaction", transaction_id=active[1].transaction_id)
 
-    def _remove(self, cid: str, payload: bytes) -> None:
-        self.hub.remove_charger(cid)
 
-    _COMMANDS = {
-        "charging_limit": _charging_limit,
-        "charging_schedule": _charging_schedule,
-        "charging": _charging,
-        "available": _available,
-        "reset": _reset,
-        "unlock": _unlock,
-        "refresh": _refresh,
-        "clear_limit": _clear_limit,
-        "remove": _remove,
-    }
+def _available(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    hub.run_command(cid, "change_availability", operative=parse_switch(payload))
+
+
+def _reset(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    kind = payload.decode("utf-8", "replace").strip().capitalize()
+    if kind not in ("Soft", "Hard"):
+        raise SetpointError(f"reset type {printable(kind, 20)!r} is not allowed; use Soft or Hard")
+    hub.run_command(cid, "reset", kind=kind)
+
+
+def _unlock(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    text = payload.decode("utf-8", "replace").strip()
+    if not re.fullmatch(r"[0-9]{1,3}", text, re.ASCII) or not 1 <= int(text) <= config["ocpp"]["max_connectors"]:
+        raise SetpointError(f"connector {printable(text, 20)!r} is not a connector number (1 to {config['ocpp']['max_connectors']})")
+    hub.run_command(cid, "unlock_connector", connector_id=int(text))
+
+
+def _refresh(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    hub.run_command(cid, "refresh")
+
+
+def _clear_limit(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    hub.run_command(cid, "clear_charging_limit")
+
+
+def _remove(hub: Hub, config: Mapping[str, Any], cid: str, payload: bytes, source: str) -> None:
+    hub.remove_charger(cid)
+
+
+Command = Callable[[Hub, Mapping[str, Any], str, bytes, str], Any]
+COMMANDS: dict[str, Command] = {
+    "charging_limit": _charging_limit,
+    "charging_schedule": _charging_schedule,
+    "charging": _charging,
+    "available": _available,
+    "reset": _reset,
+    "unlock": _unlock,
+    "refresh": _refresh,
+    "clear_limit": _clear_limit,
+    "remove": _remove,
+}
 
 
 def parse_switch(payload: bytes) -> bool:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Coroutine, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
 
 from .limits import Applied, LimitController, shown
 from .results import FINAL_REFUSALS, Status
@@ -69,6 +69,9 @@ class Hub:
         self.states: dict[str, ChargerState] = {}
         self.limits: dict[str, LimitController] = {}
         self.wants_raw_frames = False
+        # Every OCPP frame, both directions: (charger id, "in" | "out", text). Set by the chargers page
+        # only while a browser has it open, so a frame costs one None check otherwise.
+        self.frame_tap: Callable[[str, str, str], None] | None = None
         self._background: dict[str, asyncio.Task[None]] = {}  # per charger: configure, then periodic read-back
         charging = config["charging"]
         for charger_id, saved in store.chargers.items():

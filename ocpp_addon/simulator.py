@@ -70,6 +70,11 @@ class SimOptions:
         return "RemoteTrigger" in self.feature_profiles.split(",")
 
 
+# Keys real chargers report as read-only: a ChangeConfiguration of one is Rejected.
+READ_ONLY_KEYS = frozenset({"SupportedFeatureProfiles", "NumberOfConnectors", "ChargeProfileMaxStackLevel",
+                            "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled"})
+
+
 class SimulatedCharger(_OcppChargePoint):
     """A charge point; every CALL it receives is recorded in ``received`` for tests and demos."""
 
@@ -84,6 +89,7 @@ class SimulatedCharger(_OcppChargePoint):
         self.heartbeat_interval = 300
         self._tasks: list[asyncio.Task[Any]] = []
         self.booted = asyncio.Event()  # its start-up sequence (boot, status, transaction) is done
+        self.changed_configuration: dict[str, str] = {}  # ChangeConfiguration values it accepted
 
     # -- what the central system sent ------------------------------------------------
 
@@ -278,13 +284,17 @@ class SimulatedCharger(_OcppChargePoint):
             "MeterValueSampleInterval": str(int(o.meter_interval)),
             "HeartbeatInterval": str(self.heartbeat_interval),
         }
+        config.update(self.changed_configuration)
         wanted = key or list(config)
-        known = [{"key": k, "readonly": False, "value": config[k]} for k in wanted if k in config]
+        known = [{"key": k, "readonly": k in READ_ONLY_KEYS, "value": config[k]} for k in wanted if k in config]
         unknown = [k for k in wanted if k not in config]
         return call_result.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
 
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **kwargs: Any) -> Any:
+        if key in READ_ONLY_KEYS:
+            return call_result.ChangeConfiguration(status="Rejected")
+        self.changed_configuration[key] = value
         if key == "MeterValueSampleInterval":
             self.options.meter_interval = float(value)
         return call_result.ChangeConfiguration(status="Accepted")

@@ -60,7 +60,18 @@ NOT_OPTIONS: dict[tuple[str, ...], str] = {
     ("mqtt", "embedded_broker"): "the broker comes from the Supervisor (the Mosquitto broker app) or mqtt.host",
     ("mqtt", "ocpp_topics"): "the app's ocpp/* topics are what Home Assistant uses; only a BEMcom drop-in turns them off",
     ("bemcom", "drop_in"): "the app is configured by its options, never the BEMcom way (environment only)",
+    ("web",): "the chargers page is Home Assistant's ingress panel; nothing in it to choose",
+    ("web", "enabled"): "the chargers page is always on, in Home Assistant's sidebar (ingress)",
+    ("web", "host"): "the container listens on all its interfaces; only the ingress proxy is let in",
+    ("web", "port"): "config.yaml's ingress_port",
+    ("web", "password"): "Home Assistant logs the user in; the page takes no password of its own",
+    ("web", "ingress"): "always: the page is served through Home Assistant's ingress",
+    ("web", "ingress_proxy"): "the Supervisor's ingress proxy is always 172.30.32.2",
+    ("web", "frames_per_charger"): "a fixed, bounded buffer",
 }
+# The chargers page in the add-on: on Home Assistant's ingress port, open only to the ingress proxy.
+INGRESS_PORT = 8099
+WEB: dict[str, Any] = {"enabled": True, "host": "0.0.0.0", "port": INGRESS_PORT, "ingress": True}
 
 # The mqtt keys the Supervisor's services API can fill (same names in its answer).
 SERVICE_KEYS = ("host", "port", "username", "password", "ssl")
@@ -129,6 +140,12 @@ def load(env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str
     mqtt = data.setdefault("mqtt", {})
     if isinstance(mqtt, dict):
         mqtt.setdefault("embedded_broker", False)
+    web = data.setdefault("web", {})
+    if isinstance(web, dict):
+        for key, value in WEB.items():
+            web.setdefault(key, value)
+        if env.get("OCPP_ADDON_INGRESS_PORT"):  # tests: several copies on one machine's network
+            web["port"] = env["OCPP_ADDON_INGRESS_PORT"]
     _resolve_ssl_paths(data)
     data = config_module.apply_environment(data, env)
     return data, config_module.validate(data)

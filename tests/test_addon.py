@@ -629,7 +629,7 @@ class AddonRunner:
         env = {k: v for k, v in os.environ.items() if k not in self.CLEARED}
         # OCPP_PORT (the BEMcom variable) moves the listener off 9000, which the app otherwise always uses.
         env.update(SUPERVISOR_TOKEN="test-token", SUPERVISOR_URL=supervisor_url, OCPP_ADDON_OPTIONS=str(self.options),
-                   OCPP_PORT=str(self.ocpp_port))
+                   OCPP_PORT=str(self.ocpp_port), OCPP_ADDON_INGRESS_PORT=str(free_port()))
         process = await AddonProcess(env, self.cwd).start()
         self.started.append(process)
         return process

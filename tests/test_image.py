@@ -23,12 +23,15 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
 from ocpp_addon.simulator import SimOptions, connect
+from ocpp_addon.supervisor import INGRESS_PORT
 
 from .conftest import TIMEOUT, MqttProbe
 from .test_addon import MANIFEST, FakeSupervisor, PasswordBroker, mqtt_service
@@ -220,6 +223,13 @@ class Container:
             raise AssertionError(f"the container exited ({code}) before logging {needle!r}:\n{self.log}")
         return line
 
+    async def run(self, *command: str) -> tuple[int, str]:
+        """Run a command inside the container (beside the app); its exit code and output."""
+        proc = await asyncio.create_subprocess_exec(*self._run_args(list(command)), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
+        return (proc.returncode if proc.returncode is not None else -1), out.decode(errors="replace")
+
     async def healthcheck(self) -> int:
         """The image's HEALTHCHECK command, run inside the container as Docker runs it; its exit code."""
         health = self.image.get("Healthcheck") or {}
@@ -290,6 +300,14 @@ def _grace_seconds(image: dict[str, Any]) -> float:
     return int(env.get("S6_KILL_GRACETIME", "10000")) / 1000
 
 
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
 def _limit(request: dict[str, Any]) -> float:
     return request["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"]
 
@@ -329,6 +347,12 @@ async def test_the_image_runs_under_a_supervisor_healthcheck_passes_sigterm_is_c
         await app.wait_line("ready:", START_TIMEOUT)
         await probe.wait_for("ocpp/bridge/state", lambda p: p == b"online")
         assert await app.healthcheck() == 0, app.health_output
+        # The chargers page (ingress): its files are in the installed package, and only the Supervisor's
+        # proxy (172.30.32.2) is let in, so this host's request is refused.
+        assert f"chargers page on port {INGRESS_PORT} for Home Assistant's ingress (only 172.30.32.2" in app.log
+        code, out = await app.run("python3", "-c", "from ocpp_addon import web; print(sorted(p.name for p in web.STATIC.iterdir()))")
+        assert code == 0 and all(f"'{name}'" in out for name in ("index.html", "app.js", "style.css")), out
+        assert await asyncio.to_thread(_http_status, f"http://127.0.0.1:{INGRESS_PORT}/") == 403
 
         sim, task = await connect(url, "wallbox-1", SimOptions(meter_interval=0))
         await asyncio.wait_for(sim.booted.wait(), TIMEOUT)
