@@ -11,6 +11,7 @@ status) is one row here (the Home Assistant core "EntityDescription" pattern).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping
 
 from .limits import shown
@@ -165,6 +166,8 @@ ATTRIBUTE_KEYS = frozenset(d.attributes for d in (*SENSORS, CHARGING_LIMIT) if d
 
 _BY_KEY = {d.key: d for d in (*SENSORS, *CONTROLS, CHARGING_LIMIT, EFFECTIVE_LIMIT)}
 _MEASURAND_KEYS = {key for key, _ in MEASURANDS.values()}
+_MEASURAND_KEYS_LONGEST_FIRST = tuple(sorted(_MEASURAND_KEYS, key=len, reverse=True))
+_SENSOR_KEYS = frozenset(d.key for d in SENSORS)
 
 
 def smart_charging_summary(state: ChargerState) -> str | None:
@@ -180,12 +183,13 @@ def smart_charging_summary(state: ChargerState) -> str | None:
     return "supported" if supported else "not supported"
 
 
+@lru_cache(maxsize=1024)  # keys are measurands x phases x connectors: few, and asked per message
 def reading_entity(key: str) -> EntityDescription | None:
     """The row of a reading key, also for per-phase variants of a measurand (``energy_l1``: Energy L1)."""
     row = _BY_KEY.get(key)
     if row is not None:
         return row
-    for base in sorted(_MEASURAND_KEYS, key=len, reverse=True):
+    for base in _MEASURAND_KEYS_LONGEST_FIRST:
         if key.startswith(base + "_"):
             parent = _BY_KEY.get(base)
             suffix = key[len(base) + 1:]
@@ -233,21 +237,20 @@ def connector_entity(key: str) -> EntityDescription | None:
 
 def sensor_rows(state: ChargerState) -> list[EntityDescription]:
     """Every sensor this charger has now: the table's available rows, readings of other phases, per-connector rows."""
-    rows = [d for d in SENSORS if d.available(state)]
-    seen = {d.key for d in rows}
+    rows = [d for d in SENSORS if d.available is _always or d.available(state)]  # identity first: this runs per message
     for key in state.readings:
-        if key not in seen and not key.startswith("connector_"):
+        if key not in _SENSOR_KEYS and not key.startswith("connector_"):  # a table row's reading is in rows already
             row = reading_entity(key)
             if row is not None:
                 rows.append(row)
-                seen.add(key)
     rows.extend(connector_rows(state))
     return rows
 
 
 def state_values(state: ChargerState, slider_unit: str) -> dict[str, Any]:
     """The state JSON's values: one per entity (and the attribute keys of those entities)."""
-    values = {d.key: d.read(state) for d in sensor_rows(state)}
+    readings = state.readings
+    values = {d.key: readings.get(d.key) if d.value is None else d.value(state) for d in sensor_rows(state)}  # d.read, inlined
     for control in CONTROLS:
         if control.in_state:
             values[control.key] = control.read(state)
