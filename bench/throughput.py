@@ -78,7 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="generator processes (default: 1 up to 200 chargers, else 2)")
     p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight per worker (default 50)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds idle after the fleet booted, before the window (default 2)")
-    p.add_argument("--target", choices=("service", "baseline"), default="service", help="what to load (default service)")
+    p.add_argument("--target", choices=TARGETS, default="service",
+                   help="what to load (default service; baseline = library-default)")
+    p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="the service's event loop (OCPP_ADDON_EVENT_LOOP; auto: uvloop when installed). "
+                        "The yardsticks always run on asyncio's loop, as the library's users do")
+    p.add_argument("--yardsticks", action="store_true",
+                   help="after the service, run the same fleet against every yardstick (library default, inline, off, "
+                        "transport floor) and print them side by side")
     p.add_argument("--compare-baseline", action="store_true", help="also run the same fleet against bench/baseline.py and print ratios")
     p.add_argument("--profile", choices=("none", "pyspy", "cprofile", "cprofile-window"), default="none",
                    help="profile the service: pyspy (sampling, window only), cprofile (whole run, wall time), "
@@ -103,6 +110,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The yardsticks (bench/baseline.py --mode): the bare library with its default validation (in a thread),
+# inline, skipped; and the transport floor (websockets + json, no OCPP library).
+YARDSTICKS = ("library-default", "library-inline", "library-off", "transport")
+TARGETS = ("service", "baseline", *YARDSTICKS)
+
+
+def baseline_mode(target: str) -> str:
+    return {"baseline": "default", "transport": "transport"}.get(target, target.removeprefix("library-"))
+
+
 async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Path) -> dict[str, Any]:
     n = args.chargers
     out: dict[str, Any] = {"target": target, "chargers": n, "interval": args.interval, "duration": args.duration}
@@ -111,8 +128,15 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
     if args.wait_quiet > 0:
         out["machine_busy_before_pct"] = await asyncio.to_thread(wait_for_quiet, args.wait_quiet)
     if target == "service":
-        svc, port = await asyncio.to_thread(start_service, wd, broker.port, args.log_level, cprofile_out,
-                                             {"web": WEB_ON} if args.web else None, args.patch, window_profile)
+        # Closed loop (and fast intervals) would meet the per-charger rate limit (20/s): lift it, the
+        # bench measures cost per message, not the limiter.
+        extra: dict[str, Any] = {"ocpp": {"max_message_rate": 100000, "message_burst": 100000}} if args.interval < 0.1 else {}
+        if args.web:
+            extra["web"] = WEB_ON
+        os.environ["OCPP_ADDON_EVENT_LOOP"] = args.event_loop
+        svc, port = await asyncio.to_thread(start_service, wd, broker.port, args.log_level, cprofile_out, extra or None,
+                                             args.patch, window_profile)
+        out["event_loop"] = svc.event_loop
         out["startup_s"] = svc.startup_seconds
         out["mqtt_online_s"] = await asyncio.to_thread(wait_bridge_online, broker.port)
         out["web"] = args.web
@@ -120,7 +144,7 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
             svc.stop()
             raise SystemExit("--web: the service did not start the chargers page (see its log)")
     else:
-        svc, port = await asyncio.to_thread(start_baseline, wd)
+        svc, port = await asyncio.to_thread(start_baseline, wd, baseline_mode(target))
         out["startup_s"] = svc.startup_seconds
     url = f"ws://127.0.0.1:{port}"
     counter = None
@@ -222,7 +246,8 @@ def report(r: dict[str, Any]) -> None:
     kb = lambda v: f"{v / 1024:.1f} MiB"  # noqa: E731
     offered = f"{r['offered_per_s']:.0f}/s offered" if r.get("offered_per_s") else "closed loop (back to back)"
     page = ", chargers page on (nobody looking)" if r.get("web") else ""
-    print(f"\n=== {r['target']}: {r['chargers']} chargers, MeterValues every {r['interval']:g} s, {r['duration']:g} s window{page} ===")
+    print(f"\n=== {r['target']}" + (f" ({r['event_loop']})" if r.get("event_loop") else "")
+          + f": {r['chargers']} chargers, MeterValues every {r['interval']:g} s, {r['duration']:g} s window{page} ===")
     print(f"start-up to ready line      {r['startup_s']:.2f} s" + (f" (MQTT online after {r['mqtt_online_s']:.2f} s more)" if r.get("mqtt_online_s") is not None else ""))
     print(f"connect+boot ramp           {r['connected']} connected, {r['booted']} booted, {r['connect_failed']} failed in "
           f"{r['ramp_seconds']:.1f} s ({r['connected'] / max(r['ramp_seconds'], 1e-9):.0f}/s incl. worker start); service CPU {r['connect_cpu_s']:.1f} s")
@@ -276,6 +301,19 @@ def compare(s: dict[str, Any], b: dict[str, Any]) -> None:
         print(f"{name:28}{fa:>14}{fc:>14}{ratio(a, c):>9}")
 
 
+def side_by_side(results: list[dict[str, Any]]) -> None:
+    """One table: every target of this run, and each one's CPU per message against the transport floor."""
+    floor = next((r.get("cpu_us_per_msg") for r in results if r["target"] == "transport"), None)
+    print("\n=== side by side (same fleet, same run; floor = transport: websockets + json, no OCPP library) ===")
+    print(f"{'':18}{'msg/s':>9}{'CPU %':>8}{'µs/msg':>9}{'x floor':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'others %':>10}")
+    for r in results:
+        per = r.get("cpu_us_per_msg")
+        errors = sum(r["errors"].values())
+        print(f"{r['target']:18}{r['msgs_per_s']:>9.0f}{r['cpu_pct']:>8.1f}{(per or 0):>9.0f}"
+              f"{(per / floor if per and floor else float('nan')):>9.2f}{(r['rtt_ms'].get('p50') or 0):>8.2f}"
+              f"{(r['rtt_ms'].get('p99') or 0):>8.2f}{errors:>8}{r.get('others_cpu_pct', 0):>10.0f}")
+
+
 async def main_async(args: argparse.Namespace) -> int:
     raise_nofile(args.chargers + 2000)
     wd = workdir("throughput")
@@ -287,11 +325,15 @@ async def main_async(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     try:
         targets = [args.target] + (["baseline"] if args.compare_baseline and args.target == "service" else [])
+        if args.yardsticks:
+            targets = [args.target, *(y for y in YARDSTICKS if y != args.target)]
         for target in targets:
             r = await run_target(target, args, broker, wd)
             report(r)
             results.append(r)
-        if len(results) == 2:
+        if args.yardsticks:
+            side_by_side(results)
+        elif len(results) == 2:
             compare(results[0], results[1])
         if args.json:
             print(json.dumps([{k: v for k, v in r.items() if k != "profile"} for r in results], default=str))

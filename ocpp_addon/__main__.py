@@ -12,7 +12,7 @@ import sys
 from . import __version__
 from . import config as config_module, supervisor
 from .logs import OneLineFormatter
-from .app import run
+from .app import event_loop_factory, run
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(config["log_level"])
     raise_open_file_limit()
+    _, loop_factory = event_loop_factory()
     try:
-        asyncio.run(_main(config, addon_options))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_main(config, addon_options))
     except OSError as err:  # e.g. the OCPP port is taken
         logging.getLogger("ocpp_addon").error("cannot start: %s", err)
         return 1

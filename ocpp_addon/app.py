@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from .bemcom import BemcomSink
 from .broker import BrokerError, EmbeddedBroker
+from .gc_housekeeping import GcHousekeeping
 from .central_system import CentralSystem
 from .homeassistant import HomeAssistantSink
 from .hub import Hub
@@ -47,6 +49,29 @@ def check_port_free(host: str, port: int) -> None:
                 raise OSError(err.errno, f"OCPP port {host}:{port}: {err.strerror}") from None
 
 
+EVENT_LOOP_VARIABLE = "OCPP_ADDON_EVENT_LOOP"
+
+
+def event_loop_factory() -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """Which event loop to run on: uvloop when it is installed (the optional ``fast`` extra; its
+    loop, written in C on libuv, costs less per socket wake-up and per callback than asyncio's),
+    else asyncio's own. ``OCPP_ADDON_EVENT_LOOP=asyncio`` forces asyncio's (e.g. to compare, or to
+    rule uvloop out); ``=uvloop`` insists on uvloop and says so when it is missing."""
+    wanted = os.environ.get(EVENT_LOOP_VARIABLE, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "asyncio", "uvloop"):
+        _LOGGER.warning("%s=%r is not one of auto, asyncio, uvloop: using auto", EVENT_LOOP_VARIABLE, wanted)
+        wanted = "auto"
+    if wanted == "asyncio":
+        return "asyncio", None
+    try:
+        import uvloop
+    except ImportError:
+        if wanted == "uvloop":
+            _LOGGER.warning("%s=uvloop but uvloop is not installed (pip install 'ocpp-addon[fast]'): using asyncio's loop", EVENT_LOOP_VARIABLE)
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
+
+
 class App:
     """The running service; ``await start()``, then ``await stop()``."""
 
@@ -67,6 +92,8 @@ class App:
             # Raw frames always: the BEMcom sensor datapoints are the charger's CALLs as sent.
             self.hub.add_sink(self.bemcom, raw_frames=True)
         self.central_system = CentralSystem(config, self.hub)
+        # Behind a load balancer: an instance cut off from the broker gets no new chargers.
+        self.central_system.health = lambda: None if self.mqtt.connected.is_set() else "MQTT broker not connected"
         self.web: Any = None
         if config["web"]["enabled"]:
             from .web import WebSink  # aiohttp is imported only when the page is on
@@ -103,11 +130,12 @@ class App:
         if self.web is not None:
             await self.web.start()
         _LOGGER.info(
-            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, %s",
+            "ready: chargers connect to %s://%s:%d%s/<charge_point_id>; MQTT %s:%d%s, %s; event loop %s",
             self.central_system.scheme, ocpp["host"], self.central_system.port, ocpp["path_prefix"],
             mqtt_cfg["host"], mqtt_cfg["port"], " (embedded mosquitto)" if self.broker else "",
             f"base topic '{mqtt_cfg['base_topic']}'" if self.homeassistant is not None
             else f"BEMcom connector '{self.config['bemcom']['connector_name']}' only",
+            "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio",
         )
 
     async def stop(self) -> None:
@@ -132,7 +160,11 @@ class App:
 async def run(config: dict[str, Any], stop: asyncio.Event) -> None:
     app = App(config)
     await app.start()
+    # The process's collector, so only here: tests that run App inside pytest keep theirs.
+    housekeeping = GcHousekeeping()
+    housekeeping.start()
     try:
         await stop.wait()
     finally:
+        housekeeping.stop()
         await app.stop()

@@ -34,7 +34,7 @@ import logging
 import ssl
 import time
 from http import HTTPStatus
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -53,6 +53,11 @@ _LOGGER = logging.getLogger(__name__)
 SUBPROTOCOL = "ocpp1.6"
 REFUSAL_LOG_INTERVAL = 60.0
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+# A load balancer's health check (HAProxy ``option httpchk``): two path levels, so no charge point id
+# (one level, never '/') and no path prefix can collide with it; answered without a log line.
+HEALTH_PATH = "/-/health"
 
 
 def charger_id_from_path(path: str, prefix: str) -> str | None:
@@ -191,6 +196,9 @@ class CentralSystem:
         self.refusals = RateLimitedLog(_LOGGER)
         self._admitted: set[ServerConnection] = set()  # passed every check, not closed yet
         self._watchers: set[asyncio.Task[None]] = set()
+        # What a load balancer's health check asks (GET HEALTH_PATH): None when this instance can serve
+        # chargers, else why not. Set by the app (the MQTT connection); None here means always healthy.
+        self.health: Callable[[], str | None] | None = None
 
     async def start(self) -> None:
         watched = type("WatchedConnection", (_WatchedConnection,), {"stall_timeout": self.ocpp["ping_timeout"]})
@@ -255,6 +263,11 @@ class CentralSystem:
                                 printable(request.path, 100), type(err).__name__, printable(str(err), 100))
 
     async def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == HEALTH_PATH and "upgrade" not in request.headers.get("Connection", "").lower():
+            problem = self.health() if self.health is not None else None
+            if problem is None:
+                return connection.respond(HTTPStatus.OK, "ok\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
         prefix = self.ocpp["path_prefix"]
         charger_id = charger_id_from_path(request.path, prefix)
         if charger_id is None:

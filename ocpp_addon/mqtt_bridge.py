@@ -82,6 +82,7 @@ class MqttBridge:
         self._stale: set[str] = set()  # unsubscribed while disconnected
         self._connect_callbacks: list[Callable[[], None]] = []
         self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()  # set while not connected after a connection was up
         self._last_failure_log = 0.0
         self._lost_at: float | None = None
         self._up = False  # paho thread: the current connection got a CONNACK
@@ -189,6 +190,7 @@ class MqttBridge:
             _LOGGER.info("MQTT reconnected to %s:%d after %.1f s", self.host, self.port, time.monotonic() - self._lost_at)
         self._lost_at = None
         self._last_failure_log = 0.0
+        self.disconnected.clear()
         self.connected.set()
         for callback in self._connect_callbacks:
             try:
@@ -217,6 +219,7 @@ class MqttBridge:
         if self.connected.is_set():
             self._lost_at = time.monotonic()
         self.connected.clear()
+        self.disconnected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None

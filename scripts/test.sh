@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything the tests need, then run the whole suite: bash scripts/test.sh [pytest args]
-# Steps (each cached, each timed): mosquitto (Debian), headless Chromium and chromium-driver (Debian, for
-# the chargers page tests), .venv with the package and test deps (ruff and mypy run before the tests),
-# the Home Assistant venv for the ha_e2e tests, buildah and the stand-in base image for the image test.
-# A step that fails does not stop the run: the tests that need it fail and say why.
+# Steps (each cached, each timed): mosquitto (Debian), haproxy and graphviz (Debian) for the cluster test,
+# headless Chromium and chromium-driver (Debian, for the chargers page tests), .venv with the package and
+# test deps (ruff and mypy run before the tests), the Home Assistant venv for the ha_e2e tests, buildah and
+# the stand-in base image for the image test. A step that fails does not stop the run: the tests that need
+# it fail and say why.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +24,9 @@ step() {  # step NAME COMMAND...: run it, print its wall time
 }
 
 step mosquitto bash scripts/ensure-mosquitto.sh
+step cluster bash scripts/ensure-cluster.sh
 step chromium bash scripts/ensure-chromium.sh
-step venv bash scripts/venv.sh '.[test]'
+step venv bash scripts/venv.sh '.[test,fast]'
 step ha-venv bash scripts/ha_venv.sh
 step image-base bash scripts/image_base.sh
 if [ ! -x .venv/bin/python ]; then
