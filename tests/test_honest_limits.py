@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import websockets
@@ -87,6 +88,17 @@ async def test_2_a_dc_charger_is_converted_with_its_own_voltage_and_has_no_minim
     assert _limit(sim.calls("SetChargingProfile")[-1]) == 5
     state = await probe.wait_json(STATE, lambda d: d.get("requested_limit") == 5 and d["charging_limit"] != 17.5, since=mark)
     assert state["charging_limit"] == 5 and state.get("charging_limit_reason") is None
+
+
+async def test_what_the_readings_prove_is_logged_once_not_per_sample(service: Service, probe: MqttProbe, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="ocpp_addon.charge_point")
+    sim = await service.charger("wallbox-1", phases=1)
+    await sim.wait_for_call("GetConfiguration")
+    for _ in range(3):  # the simulator's voltage moves by up to 2 V each sample
+        await _readings(sim, probe, "current")
+    lines = [r for r in caplog.records if "its readings show" in r.getMessage()]
+    assert len(lines) == 1 and "1-phase AC" in lines[0].getMessage()
+    assert service.app.hub.states["wallbox-1"].supply is not None
 
 
 async def test_2_a_single_phase_charger_gets_watts_for_one_phase(service: Service, probe: MqttProbe) -> None:
