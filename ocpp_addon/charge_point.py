@@ -104,6 +104,14 @@ def _short(frame: Any) -> str:
     return printable(frame, _LOG_FRAME_CHARS)
 
 
+def _looks_like_answer(frame: str | bytes) -> bool:
+    """A CALLRESULT or CALLERROR by its first characters (``[3`` / ``[4``), without parsing it."""
+    if not isinstance(frame, str):
+        return False
+    head = frame[:16].lstrip()
+    return head[:1] == "[" and head[1:].lstrip()[:1] in ("3", "4")
+
+
 class InvalidResponse(Exception):
     """A charger's CALLRESULT that breaks the OCPP 1.6 schema; the message names the field."""
 
@@ -178,6 +186,7 @@ class ChargePoint(_OcppChargePoint):
         self._tokens_at = time.monotonic()
         self._held_since: float | None = None  # when we started reading this charger more slowly
         self._flood_limit: float = ocpp["flood_disconnect_after"]
+        self._answer_due = False  # we sent a CALL: its answer is ours, not the charger's traffic
 
     # -- receive path -------------------------------------------------------
 
@@ -186,7 +195,9 @@ class ChargePoint(_OcppChargePoint):
         try:
             while True:
                 frame = await self._connection.recv()
-                if not await self._within_rate():
+                if self._answer_due and _looks_like_answer(frame):
+                    self._answer_due = False  # one free frame per CALL of ours: answering us is not flooding
+                elif not await self._within_rate():
                     return
                 if isinstance(frame, bytes):
                     self._warn("%s: ignored a binary frame (%d bytes); OCPP-J uses text frames", self.id, len(frame))
@@ -340,11 +351,14 @@ class ChargePoint(_OcppChargePoint):
             validation.validate_call(action, request)
         unique_id = unique_id or str(self._unique_id_generator())
         async with self._call_lock:
-            await self._send(json.dumps([2, unique_id, action, request], separators=(",", ":")))
+            self._answer_due = True
             try:
+                await self._send(json.dumps([2, unique_id, action, request], separators=(",", ":")))
                 response = await self._get_specific_response(unique_id, self._response_timeout)
             except asyncio.TimeoutError:
                 raise asyncio.TimeoutError(f"no answer to {action} within {self._response_timeout:g} s") from None
+            finally:
+                self._answer_due = False
         if response.message_type_id == 4:
             if suppress:
                 return None

@@ -391,6 +391,36 @@ async def test_a_fast_charger_that_waits_for_answers_is_slowed_never_disconnecte
     assert "replayer" in service.app.hub.connected and sim._connection.close_code is None
 
 
+async def test_answering_our_commands_quickly_is_not_throttled(service_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The rate limit is for what a charger sends by itself: its answers to our CALLs (one per CALL) are not
+    counted, or a run of setpoints (an automation, a schedule, the latency bench) would be slowed to the
+    charger's rate: at 1 frame/s after a burst of 20, 30 answers used to be read slowly and logged as a flood."""
+    service = await service_factory(ocpp={"max_message_rate": 1, "message_burst": 20})  # its boot costs 6
+    await service.charger("quick")
+    caplog.set_level(logging.WARNING, logger="ocpp_addon.charge_point")
+    results = [await service.app.hub.command("quick", "get_configuration") for _ in range(30)]
+    assert [r["status"] for r in results] == ["Accepted"] * 30
+    assert not [r for r in caplog.records if "frames/s" in r.getMessage()]
+
+
+async def test_a_flood_of_fake_answers_is_still_throttled(service_factory: Any) -> None:
+    """Only one frame per CALL of ours goes free: answers nobody asked for spend the rate like any frame."""
+    service = await service_factory(ocpp={"max_message_rate": 5, "message_burst": 5, "flood_disconnect_after": 1})
+    ws = await websockets.connect(f"{service.url}/faker", subprotocols=["ocpp1.6"])
+
+    async def flood() -> None:
+        try:
+            for n in range(10_000):  # bounded
+                await ws.send(json.dumps([3, f"nobody-asked-{n}", {}]))
+        except websockets.ConnectionClosed:
+            pass
+
+    sender = asyncio.create_task(flood())
+    await asyncio.wait_for(ws.wait_closed(), TIMEOUT * 3)
+    assert ws.close_code == 1008
+    sender.cancel()
+
+
 # -- 7. a charger that stops reading is dropped, and every command ends with an event ------------------------------------
 
 
