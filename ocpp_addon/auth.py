@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import base64
 import binascii
 import getpass
@@ -164,7 +165,10 @@ class FairHasher:
                 continue
             self._running += 1
             task = asyncio.ensure_future(asyncio.to_thread(check))
-            task.add_done_callback(lambda t, f=future: self._done(t, f))
+            task.add_done_callback(functools.partial(self._done_with, future))
+
+    def _done_with(self, future: asyncio.Future[bool], task: asyncio.Future[bool]) -> None:
+        self._done(task, future)
 
     def _done(self, task: asyncio.Future[bool], future: asyncio.Future[bool]) -> None:
         self._running -= 1

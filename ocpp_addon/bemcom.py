@@ -47,6 +47,7 @@ from . import __version__, strict_json
 from .charge_point import snake_keys
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, RAW_FRAME, READY, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
+from .entities import state_values
 from .profiles import SetpointError, check_limit
 from .state import DEFAULT_MEASURAND, ChargerState, parse_number, parse_timestamp
 
@@ -169,10 +170,9 @@ def datapoint_value(value: Any) -> Any:
     return value
 
 
-def state_message(state: ChargerState) -> dict[str, Any]:
-    """Our normalised values (the Home Assistant state JSON's keys) under ``state``."""
-    values = {k: v for k, v in state.values().items() if v is not None}
-    values["connected"] = state.connected
+def state_message(state: ChargerState, unit: str) -> dict[str, Any]:
+    """Our normalised values (the Home Assistant state JSON's keys, from the entity table) under ``state``."""
+    values = {k: v for k, v in state_values(state, unit).items() if v is not None and not isinstance(v, dict)}
     return {"state": values}
 
 
@@ -511,7 +511,7 @@ class BemcomSink:
                 if self.legacy and len(self.hub.connected) > 1:
                     _LOGGER.warning("BEMcom legacy keys with %d chargers connected: their datapoints share one set of keys; "
                                     "set KEYS_PER_CHARGER=TRUE (bemcom.legacy_keys: false) for keys per charger", len(self.hub.connected))
-            self._sensor_flow(charger_id, state_message(event.state), changes_only=True)
+            self._sensor_flow(charger_id, state_message(event.state, self.config["charging"]["unit"]), changes_only=True)
         elif kind == READY:  # a schedule that could not be installed while the charger was away
             for value_topic, plan in self._plans.items():
                 if plan.applied is None and self._map_actuator.get(value_topic) in self._actuators:

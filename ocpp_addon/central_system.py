@@ -36,13 +36,14 @@ import logging
 import ssl
 import time
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import Close, CloseCode
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .auth import REALM, Authenticator
 from .charge_point import ChargePoint
@@ -211,7 +212,7 @@ class CentralSystem:
             self.ocpp["host"],
             self.ocpp["port"],
             create_connection=watched,
-            subprotocols=[f"ocpp{version}" for version in self.ocpp["versions"]],
+            subprotocols=[Subprotocol(f"ocpp{version}") for version in self.ocpp["versions"]],
             select_subprotocol=self._select_subprotocol,
             process_request=self._process_request,
             ping_interval=self.ocpp["ping_interval"],
@@ -329,14 +330,15 @@ class CentralSystem:
         only = self.ocpp["charger_versions"].get(charger_id)
         return [f"ocpp{only}"] if only else [f"ocpp{version}" for version in self.ocpp["versions"]]
 
-    def _select_subprotocol(self, connection: ServerConnection, subprotocols: Any) -> str | None:
+    def _select_subprotocol(self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
         charger_id = charger_id_from_path(connection.request.path, self.ocpp["path_prefix"]) if connection.request else None
         ours = self._subprotocols_for(charger_id) if charger_id else [f"ocpp{version}" for version in self.ocpp["versions"]]
-        return next((protocol for protocol in ours if protocol in subprotocols), None)
+        return next((Subprotocol(protocol) for protocol in ours if protocol in subprotocols), None)
 
     # -- one connection ---------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # the handler runs after the handshake
         charger_id = charger_id_from_path(ws.request.path, self.ocpp["path_prefix"])
         assert charger_id is not None  # _process_request let it through
         connection = _Connection(ws)

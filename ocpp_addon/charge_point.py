@@ -44,30 +44,18 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, DataTransferStatus, RegistrationStatus
 from websockets.exceptions import ConnectionClosed
 
-from . import strict_json, validation
-from .strict_json import NonFiniteNumber
+from . import framing, validation
 from .logs import LogBudget
 from .topics import printable
-from .profiles import (
-    Attempt,
-    SetpointError,
-    apply_minimum,
-    attempt_template,
-    build_set_charging_profile,
-    convert_limit,
-    limit_now,
-    parse_schedule,
-    plan_attempts,
-    profile_id,
-    round_limit,
-)
+from .limits import UNSUPPORTED, electrical, learn_supply
+from .results import CONFIG_TAKEN, Status
+from .profiles import Attempt, convert_limit, limit_now, profile_id
 from .state import (
     CAPABILITY_KEYS,
     ChargerState,
     latest_meter_values,
     parse_configuration,
     parse_meter_values,
-    parse_number,
     parse_timestamp,
     utc_now_iso,
 )
@@ -79,7 +67,7 @@ _LOGGER = logging.getLogger(__name__)
 _LOG_FRAME_CHARS = 200
 
 # OCPP 1.6-J §4.2.3 spells these differently from the library's 2.x-era classes.
-_WIRE_CODES = {"FormatViolation": "FormationViolation", "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
+_WIRE_CODES = framing.WIRE_CODES
 
 
 @lru_cache(maxsize=4096)
@@ -122,22 +110,6 @@ def _looks_like_answer(frame: str | bytes) -> bool:
         return False
     head = frame[:16].lstrip()
     return head[:1] == "[" and head[1:].lstrip()[:1] in ("3", "4")
-
-
-def parse_frame(raw: str) -> Any:
-    """A frame's JSON, every number finite, so nothing we re-emit can become NaN/Infinity.
-
-    Raises ValueError (NonFiniteNumber for an out-of-range number) or RecursionError."""
-    return strict_json.loads(raw)
-
-
-_FRAME_ID_RE = re.compile(r'\A\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
-
-
-def _frame_id(raw: str) -> str | None:
-    """The message id of a CALL whose JSON we refused, so the CALLERROR can still name it."""
-    match = _FRAME_ID_RE.match(raw)
-    return match.group(1) if match else None
 
 
 class InvalidResponse(Exception):
@@ -208,6 +180,9 @@ class ChargePoint(_OcppChargePoint):
         self.lenient = "*" in lenient or charger_id in lenient  # repair known firmware quirks instead of refusing
         self.ready = asyncio.Event()  # booted (or evidently running): CS-initiated calls may go out
         self.configured = asyncio.Event()  # capabilities read (or given up on): profiles may be planned
+        # Its last BootNotification got a CALLERROR: not registered, so it gets no command until it boots again.
+        self.boot_refused = False
+        self._handling_boot: str | None = None
         self._after_tasks: set[asyncio.Task[Any]] = set()
         self._energy_drops = 0
         self._newest_sample: dict[int, datetime] = {}
@@ -289,51 +264,32 @@ class ChargePoint(_OcppChargePoint):
             _LOGGER.warning(msg, *args)
 
     async def route_message(self, raw_msg: str) -> None:
-        try:
-            msg = parse_frame(raw_msg)
-        except NonFiniteNumber as err:  # e.g. "connectorId": 1e400: answered by id when the id can be read
-            await self._reject_frame(_frame_id(raw_msg), f"a number JSON cannot carry: {err}", raw_msg, TypeConstraintViolationError)
-            return
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            self._warn("%s: dropped a frame that is not JSON: %s", self.id, _short(raw_msg))
-            return
-        if not isinstance(msg, list) or not msg:
-            self._warn("%s: dropped a frame that is not an OCPP-J array: %s", self.id, _short(raw_msg))
-            return
-        type_id = msg[0]
-        unique_id = msg[1] if len(msg) > 1 and isinstance(msg[1], str) and 0 < len(msg[1]) <= 36 else None
-        if type_id == 2:
-            if len(msg) == 4 and unique_id and isinstance(msg[2], str) and isinstance(msg[3], dict):
-                await self._handle_call(Call(unique_id, msg[2], msg[3]))
-                return
-            await self._reject_frame(unique_id, "a CALL must be [2, \"<id>\", \"<Action>\", {payload}]", raw_msg)
-        elif type_id in (3, 4):
-            self._route_response(msg, unique_id, raw_msg)
+        """Act on one frame as framing.parse classifies it (the OCPP-J rules live there, pure)."""
+        frame = framing.parse(raw_msg)
+        if isinstance(frame, framing.Call):
+            await self._handle_call(Call(frame.unique_id, frame.action, frame.payload))
+        elif isinstance(frame, (framing.Result, framing.Error)):
+            if not self._call_lock.locked():
+                self._warn("%s: dropped a response to no outstanding request: %s", self.id, _short(raw_msg))
+            elif isinstance(frame, framing.Result):
+                self._response_queue.put_nowait(CallResult(frame.unique_id, frame.payload))
+            else:
+                self._response_queue.put_nowait(CallError(frame.unique_id, frame.code, frame.description, frame.details))
+        elif isinstance(frame, framing.Reject):
+            error = TypeConstraintViolationError if frame.code == "TypeConstraintViolation" else FormationViolationError
+            answer = error(details={"cause": frame.cause})
+            self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, self._wire_code(answer.code), frame.cause, _short(raw_msg))
+            await self._send_error(frame.unique_id, answer)
         else:
-            await self._reject_frame(unique_id, f"unknown MessageTypeId {printable(type_id, 20)} (2 CALL, 3 CALLRESULT, 4 CALLERROR)", raw_msg)
+            self._warn("%s: dropped %s: %s", self.id, frame.why, _short(raw_msg))
 
-    async def _reject_frame(self, unique_id: str | None, cause: str, raw_msg: str,
-                            error: type[OCPPError] = FormationViolationError) -> None:
-        if unique_id is None:
-            self._warn("%s: dropped a malformed frame without a usable message id (%s): %s", self.id, cause, _short(raw_msg))
-            return
-        answer = error(details={"cause": cause})
-        self._warn("%s: answered a malformed frame with %s (%s): %s", self.id, self._wire_code(answer.code), cause, _short(raw_msg))
-        await self._send_error(unique_id, answer)
-
-    def _route_response(self, msg: list[Any], unique_id: str | None, raw_msg: str) -> None:
-        if not self._call_lock.locked():
-            self._warn("%s: dropped a response to no outstanding request: %s", self.id, _short(raw_msg))
-            return
-        if msg[0] == 3 and len(msg) == 3 and unique_id and isinstance(msg[2], dict):
-            self._response_queue.put_nowait(CallResult(unique_id, msg[2]))
-        elif msg[0] == 4 and len(msg) in (4, 5) and unique_id and isinstance(msg[2], str):
-            details = msg[4] if len(msg) == 5 and isinstance(msg[4], dict) else {}
-            self._response_queue.put_nowait(CallError(unique_id, msg[2], str(msg[3]), details))
-        else:
-            self._warn("%s: dropped a malformed response: %s", self.id, _short(raw_msg))
+    async def _send_error(self, unique_id: str, error: OCPPError) -> None:
+        if unique_id == self._handling_boot:
+            self.boot_refused = True  # answered with a CALLERROR: the charger is not registered
+        await self._send(framing.call_error(unique_id, error.code, error.description, error.details, self.ocpp_version))
 
     async def _handle_call(self, msg: Call) -> None:
+        self._handling_boot = msg.unique_id if msg.action == Action.boot_notification else None
         handlers = self.route_map.get(msg.action)
         if not handlers or "_on_action" not in handlers:
             if validation.known_action(msg.action, self.ocpp_version):
@@ -387,7 +343,7 @@ class ChargePoint(_OcppChargePoint):
                 task = asyncio.ensure_future(result)
                 self._after_tasks.add(task)
                 task.add_done_callback(self._after_tasks.discard)
-        if msg.action != Action.boot_notification and not self.ready.is_set():
+        if msg.action != Action.boot_notification and not self.ready.is_set() and not self.boot_refused:
             self._mark_ready("it is evidently running (sent %s)" % msg.action)
 
     async def call(self, payload: Any, suppress: bool = True, unique_id: str | None = None,
@@ -440,10 +396,6 @@ class ChargePoint(_OcppChargePoint):
     def repaired_result(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         return normalize_result(action, payload)
 
-    async def _send_error(self, unique_id: str, error: OCPPError) -> None:
-        code = self._wire_code(error.code)
-        await self._send(json.dumps([4, unique_id, code, error.description, error.details or {}], separators=(",", ":")))
-
     async def _send(self, message: str) -> None:
         if _LOGGER.isEnabledFor(logging.DEBUG):
             _LOGGER.debug("%s: send %s", self.id, message)
@@ -462,7 +414,12 @@ class ChargePoint(_OcppChargePoint):
         try:
             await asyncio.wait_for(self.ready.wait(), self.config["ocpp"]["boot_wait"])
         except asyncio.TimeoutError:
-            self._mark_ready("no BootNotification within ocpp.boot_wait")
+            if self.boot_refused:
+                _LOGGER.warning("%s: its BootNotification was refused and no valid one came within ocpp.boot_wait; "
+                                "no commands until it boots again", self.id)
+                self.hub.boot_refused(self)
+            else:
+                self._mark_ready("no BootNotification within ocpp.boot_wait")
 
     # -- handlers (charger -> us) -------------------------------------------
 
@@ -483,6 +440,7 @@ class ChargePoint(_OcppChargePoint):
 
     @after(Action.boot_notification)
     def after_boot_notification(self, **kwargs: Any) -> None:
+        self.boot_refused = False
         self._mark_ready("BootNotification accepted")
 
     @on(Action.heartbeat)
@@ -499,7 +457,11 @@ class ChargePoint(_OcppChargePoint):
         connector.info = kwargs.get("info")
         connector.vendor_error_code = kwargs.get("vendor_error_code")
         _LOGGER.info("%s: connector %d is %s (%s)", self.id, connector_id, status, error_code)
-        self.hub.state_changed(self.state, ("status", "error_code"))
+        # The keys the entity table names this connector's status by: a new one is announced.
+        changed = ["status", "error_code"]
+        if connector_id > 1 or (connector_id == 1 and len(self.state.connector_ids) > 1):
+            changed += [f"connector_{connector_id}_status", f"connector_{connector_id}_error_code"]
+        self.hub.state_changed(self.state, changed)
         return call_result.StatusNotification()
 
     @on(Action.meter_values)
@@ -522,6 +484,13 @@ class ChargePoint(_OcppChargePoint):
         changed = [k for k, v in readings.items() if state.readings.get(k) != v]
         if changed:
             state.readings.update(readings)
+            supply = learn_supply(state.readings) if connector_id <= 1 else None
+            if supply is not None:
+                known = state.supply
+                if known is None or (known.dc, known.phases) != (supply.dc, supply.phases):
+                    # Once per change of kind, not per sample: the voltage moves a little with every one.
+                    _LOGGER.info("%s: its readings show %s", self.id, "DC" if supply.dc else f"{supply.phases}-phase AC at {supply.voltage:g} V")
+                state.supply = supply
         active = state.active_transaction()
         if active and active[0] == max(connector_id, 1) and "energy" in readings:
             changed += self._update_session(active[1])
@@ -605,7 +574,7 @@ class ChargePoint(_OcppChargePoint):
         # charger keeps it queued and replays it forever.
         if kwargs.get("transaction_data"):
             self._apply_readings(parse_meter_values(kwargs["transaction_data"]))
-        for connector in self.state.connectors.values():
+        for connector_id, connector in self.state.connectors.items():
             if connector.transaction_id == transaction_id:
                 connector.transaction_id = None
                 connector.stop_reason = kwargs.get("reason") or "Local"
@@ -615,7 +584,9 @@ class ChargePoint(_OcppChargePoint):
                     end = parse_timestamp(timestamp) or datetime.now(timezone.utc)
                     connector.session_duration = max(0, round((end - connector.session_start).total_seconds()))
                 _LOGGER.info("%s: transaction %d stopped (%s)", self.id, transaction_id, connector.stop_reason)
-                self.hub.state_changed(self.state, ("transaction_id", "session_energy", "stop_reason"))
+                changed = ["transaction_id", "session_energy", "stop_reason"]
+                changed += self.state.end_live_readings(connector_id)
+                self.hub.state_changed(self.state, changed)
         id_tag = kwargs.get("id_tag")
         return call_result.StopTransaction(id_tag_info=self._id_tag_info(id_tag) if id_tag else None)
 
@@ -642,15 +613,11 @@ class ChargePoint(_OcppChargePoint):
 
     # -- commands (us -> charger) ---------------------------------------------
 
-    def _voltage(self) -> float:
-        measured = parse_number(self.state.readings.get("voltage"))
-        return measured if measured is not None and 50 <= measured <= 500 else self.config["charging"]["voltage"]
-
     async def configure(self) -> None:
         """Read the charger's smart-charging capabilities once per connection; apply our meter-value settings."""
         try:
-            outcome = await self._call_status(call.GetConfiguration(key=list(CAPABILITY_KEYS)))
-            keys = outcome.get("response", {}).get("configurationKey") if outcome["status"] == "Accepted" else None
+            outcome = await self.call_status(call.GetConfiguration(key=list(CAPABILITY_KEYS)))
+            keys = outcome.get("response", {}).get("configurationKey") if outcome["status"] == Status.ACCEPTED else None
             if keys is not None:
                 self.state.capabilities = parse_configuration(keys)
                 _LOGGER.info("%s: capabilities %s", self.id, self.state.capabilities)
@@ -672,143 +639,45 @@ class ChargePoint(_OcppChargePoint):
         interval = wanted["sample_interval"]
         if interval is not None and caps.get("meter_value_sample_interval") != interval:
             result = await self.execute_change_configuration("MeterValueSampleInterval", str(interval))
-            changed = changed or result["status"] in ("Accepted", "RebootRequired")
+            changed = changed or result["status"] in CONFIG_TAKEN
         measurands = wanted["sampled_data"]
         current = caps.get("meter_values_sampled_data")
         if measurands and current is not None and set(measurands) != set(current):
             result = await self.execute_change_configuration("MeterValuesSampledData", ",".join(measurands))
-            if result["status"] not in ("Accepted", "RebootRequired"):
+            if result["status"] not in CONFIG_TAKEN:
                 accepted = []
                 for measurand in measurands:
                     single = await self.execute_change_configuration("MeterValuesSampledData", measurand)
-                    if single["status"] in ("Accepted", "RebootRequired"):
+                    if single["status"] in CONFIG_TAKEN:
                         accepted.append(measurand)
                 if accepted:
                     result = await self.execute_change_configuration("MeterValuesSampledData", ",".join(accepted))
-                if not accepted or result["status"] not in ("Accepted", "RebootRequired"):
+                if not accepted or result["status"] not in CONFIG_TAKEN:
                     await self.execute_change_configuration("MeterValuesSampledData", ",".join(current) or "Energy.Active.Import.Register")
                 _LOGGER.warning("%s: charger refused MeterValuesSampledData %s; kept %s", self.id, ",".join(measurands),
                                 ",".join(accepted) or ",".join(current))
             changed = True
         if changed:
-            readback = await self._call_status(call.GetConfiguration(key=["MeterValuesSampledData", "MeterValueSampleInterval"]))
+            readback = await self.call_status(call.GetConfiguration(key=["MeterValuesSampledData", "MeterValueSampleInterval"]))
             keys = readback.get("response", {}).get("configurationKey")
             if keys is not None:
                 caps.update(parse_configuration(keys))
                 self.hub.capabilities_learned(self)
 
-    async def execute_send_charging_profile(self, limit: float, unit: str | None = None, template: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send a SetChargingProfile carrying ``limit`` and report what the charger answered.
-
-        ``unit`` is the unit of ``limit`` (default: ``charging.unit``). The profile goes
-        in a unit the charger allows (converted with the measured voltage, or the
-        configured one, and phase count). When the charger rejects it, the fallback
-        ladder (profiles.plan_attempts) is walked and what worked is remembered.
-        Returns ``{"status": "Accepted" | "Rejected" | "NotSupported" | "Timeout" |
-        "CallError" | "Invalid", "attempts": [...], ...}``.
-        """
-        charging = self.config["charging"]
-        unit = unit or charging["unit"]
-        result: dict[str, Any] = {"command": "charging_limit", "limit": limit, "unit": unit}
-        try:
-            to_send, note = apply_minimum(limit, unit, charging, self._voltage(), self._phases(template))
-        except SetpointError as err:
-            return {**result, "status": "Invalid", "reason": str(err)}
-        if note:
-            result["note"] = note
-        return {**result, **await self._install([(0, to_send)], unit, template, None)}
-
-    async def execute_set_charging_schedule(self, entries: Any, unit: str | None = None) -> dict[str, Any]:
-        """Install a schedule (``[{"start": ..., "limit": ...}]``) as one Absolute profile the charger enforces itself."""
-        charging = self.config["charging"]
-        unit = unit or charging["unit"]
-        result: dict[str, Any] = {"command": "charging_schedule", "unit": unit}
-        now = datetime.now(timezone.utc)
-        try:
-            start, periods = parse_schedule(entries, now, self.state.capabilities.get("max_periods"))
-            periods = [(offset, apply_minimum(value, unit, charging, self._voltage(), self._phases(None))[0]) for offset, value in periods]
-        except SetpointError as err:
-            return {**result, "status": "Invalid", "reason": str(err)}
-        template = {**charging["profile"], "kind": "Absolute"}
-        result.update(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), periods=[{"start_period": o, "limit": v} for o, v in periods])
-        outcome = await self._install(periods, unit, template, start)
-        if outcome["status"] == "Accepted":
-            outcome["limit"] = limit_now(periods, start, now)
-        return {**result, **outcome}
-
-    def _phases(self, template: dict[str, Any] | None) -> int:
-        template = template or self.config["charging"]["profile"]
-        return int(template.get("number_phases") or self.config["charging"]["phases"])
-
-    async def _install(self, periods: list[tuple[int, float]], unit: str, template: dict[str, Any] | None,
-                       start: datetime | None) -> dict[str, Any]:
-        """Walk the ladder until the charger accepts; every attempt and its answer goes into the result."""
-        charging = self.config["charging"]
-        template = template or charging["profile"]
-        state = self.state
-        active = state.active_transaction()
-        learned = Attempt.from_dict(state.strategy) if state.strategy else None
-        attempts = plan_attempts(template, unit, state.capabilities, state.connector_ids, learned, charging["fallback"],
-                                 active[0] if active else None)
-        if start is not None:  # schedules need an absolute time line
-            attempts = [a for a in attempts if a.kind == "Absolute"] or attempts
-        voltage, phases = self._voltage(), self._phases(template)
-        tried: list[dict[str, Any]] = []
-        final: dict[str, Any] = {"status": "Rejected"}
-        for attempt in attempts:
-            wire = [(o, round_limit(convert_limit(v, unit, attempt.unit, voltage, phases))) for o, v in periods]
-            outcome: dict[str, Any] = {"status": "Accepted"}
-            profile_ids = []
-            for connector_id in attempt.connector_ids:
-                try:
-                    payload = build_set_charging_profile(
-                        wire[0][1], attempt.unit, attempt_template(template, attempt, connector_id),
-                        transaction_id=active[1].transaction_id if active else None, periods=wire, start=start)
-                except SetpointError as err:
-                    outcome = {"status": "Invalid", "reason": str(err)}
-                    break
-                profile_ids.append(payload["csChargingProfiles"]["chargingProfileId"])
-                outcome = await self.send_charging_profile(payload)
-                if outcome["status"] != "Accepted":
-                    break
-            tried.append({**attempt.as_dict(), "limit": wire[0][1], "profile_ids": profile_ids, "status": outcome["status"],
-                          **({"reason": outcome["reason"]} if "reason" in outcome else {})})
-            final = outcome
-            if outcome["status"] == "Accepted":
-                if state.strategy != attempt.as_dict():
-                    state.strategy = attempt.as_dict()
-                    self.hub.strategy_learned(self)
-                final = {"status": "Accepted", "sent_limit": wire[0][1], "sent_unit": attempt.unit, "purpose": attempt.purpose,
-                         "connector_ids": list(attempt.connector_ids), "stack_level": attempt.stack_level, "kind": attempt.kind}
-                break
-            if outcome["status"] in ("Timeout", "Invalid") or outcome.get("reason", "").startswith(("NotImplemented", "NotSupported")):
-                break  # no ladder step can help: the charger is silent or has no smart charging at all
-            if learned is not None and attempt == learned:
-                _LOGGER.info("%s: the strategy that worked before was refused; trying the ladder again", self.id)
-        if len(tried) > 1:
-            _LOGGER.info("%s: charging profile attempts: %s", self.id,
-                         "; ".join(f"{t['purpose']}@{t['connector_ids']}/{t['kind']}/s{t['stack_level']}/{t['unit']}={t['status']}" for t in tried))
-        return {**final, "attempts": tried}
-
-    async def send_charging_profile(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One SetChargingProfile built by profiles.build_set_charging_profile (its 2.0.1 twin re-shapes it)."""
-        return await self._call_status(call.SetChargingProfile(connector_id=request["connectorId"],
-                                                               cs_charging_profiles=request["csChargingProfiles"]))
-
     async def execute_clear_charging_limit(self) -> dict[str, Any]:
         """Remove the profiles we installed (ClearChargingProfile by id; by purpose/stack level as a fallback)."""
         state = self.state
-        strategy = Attempt.from_dict(state.strategy) if state.strategy else None
+        strategy = Attempt.from_dict(state.strategy) if state.strategy and state.strategy != UNSUPPORTED else None
         if strategy is None:
             template = self.config["charging"]["profile"]
             result = await self.execute_clear_charging_profile(purpose=template["purpose"], stack_level=template["stack_level"])
         else:
-            result = {"status": "Accepted"}
+            result = {"status": Status.ACCEPTED}
             fixed = self.config["charging"]["profile"]["profile_id"]
             for connector_id in strategy.connector_ids:
                 ours = profile_id(strategy.purpose, connector_id, strategy.stack_level, fixed)
                 result = await self.execute_clear_charging_profile(profile_id=ours)
-                if result["status"] != "Accepted":
+                if result["status"] != Status.ACCEPTED:
                     result = await self.execute_clear_charging_profile(purpose=strategy.purpose, stack_level=strategy.stack_level)
         return {**result, "command": "clear_charging_limit"}
 
@@ -821,56 +690,61 @@ class ChargePoint(_OcppChargePoint):
         result = await self.execute_get_composite_schedule(connector_id=state.connector_ids[0], duration=300, unit=unit)
         effective: float | None = None
         response = result.get("response", {})
-        schedule = response.get("chargingSchedule") if result["status"] == "Accepted" else None
+        schedule = response.get("chargingSchedule") if result["status"] == Status.ACCEPTED else None
         if schedule:
             periods = [(int(p.get("startPeriod", 0)), float(p["limit"])) for p in schedule.get("chargingSchedulePeriod", []) if "limit" in p]
             started = parse_timestamp(response.get("scheduleStart") or schedule.get("startSchedule")) or datetime.now(timezone.utc)
             value = limit_now(periods, started, datetime.now(timezone.utc)) if periods else None
             if value is not None:
                 rate_unit = schedule.get("chargingRateUnit", slider_unit)
-                effective = round(convert_limit(value, rate_unit, slider_unit, self._voltage(), self._phases(None)), 2)
+                elec = electrical(state, self.config["charging"])
+                effective = round(convert_limit(value, rate_unit, slider_unit, elec.voltage, elec.phases), 2)
         if effective != state.effective_limit:
             state.effective_limit, state.effective_limit_unit = effective, slider_unit
             self.hub.state_changed(state, ("effective_limit",))
 
     async def execute_trigger_message(self, requested_message: str, connector_id: int | None = None) -> dict[str, Any]:
         """Ask the charger to send a message now (BootNotification, MeterValues, StatusNotification, ...)."""
+        profiles = self.state.capabilities.get("feature_profiles")
+        if profiles is not None and not any(p.lower() == "remotetrigger" for p in profiles):
+            return {"command": "trigger_message", "requested_message": requested_message, "status": Status.NOT_SUPPORTED,
+                    "reason": "the charger does not list RemoteTrigger in SupportedFeatureProfiles"}
         return {"command": "trigger_message", "requested_message": requested_message,
-                **await self._call_status(call.TriggerMessage(requested_message=requested_message, connector_id=connector_id))}
+                **await self.call_status(call.TriggerMessage(requested_message=requested_message, connector_id=connector_id))}
 
     async def execute_unlock_connector(self, connector_id: int = 1) -> dict[str, Any]:
         return {"command": "unlock_connector", "connector_id": connector_id,
-                **await self._call_status(call.UnlockConnector(connector_id=connector_id))}
+                **await self.call_status(call.UnlockConnector(connector_id=connector_id))}
 
     async def execute_get_composite_schedule(self, connector_id: int = 0, duration: int = 3600, unit: str | None = None) -> dict[str, Any]:
         """The schedule the charger will really apply (the minimum of all its active profiles)."""
         return {"command": "get_composite_schedule", "connector_id": connector_id,
-                **await self._call_status(call.GetCompositeSchedule(connector_id=connector_id, duration=duration, charging_rate_unit=unit))}
+                **await self.call_status(call.GetCompositeSchedule(connector_id=connector_id, duration=duration, charging_rate_unit=unit))}
 
     async def execute_clear_charging_profile(self, profile_id: int | None = None, connector_id: int | None = None,
                                              purpose: str | None = None, stack_level: int | None = None) -> dict[str, Any]:
-        return {"command": "clear_charging_profile", **await self._call_status(call.ClearChargingProfile(
+        return {"command": "clear_charging_profile", **await self.call_status(call.ClearChargingProfile(
             id=profile_id, connector_id=connector_id, charging_profile_purpose=purpose, stack_level=stack_level))}
 
     async def execute_reset(self, kind: str = "Soft") -> dict[str, Any]:
-        return {"command": "reset", "type": kind, **await self._call_status(call.Reset(type=kind))}
+        return {"command": "reset", "type": kind, **await self.call_status(call.Reset(type=kind))}
 
     async def execute_remote_start_transaction(self, id_tag: str, connector_id: int | None = 1) -> dict[str, Any]:
-        return {"command": "remote_start_transaction", **await self._call_status(
+        return {"command": "remote_start_transaction", **await self.call_status(
             call.RemoteStartTransaction(id_tag=id_tag, connector_id=connector_id))}
 
     async def execute_remote_stop_transaction(self, transaction_id: int) -> dict[str, Any]:
         return {"command": "remote_stop_transaction", "transaction_id": transaction_id,
-                **await self._call_status(call.RemoteStopTransaction(transaction_id=transaction_id))}
+                **await self.call_status(call.RemoteStopTransaction(transaction_id=transaction_id))}
 
     async def execute_change_availability(self, operative: bool, connector_id: int = 0) -> dict[str, Any]:
         """ChangeAvailability; some single-outlet chargers refuse connector 0, so fall back to each connector."""
         kind = "Operative" if operative else "Inoperative"
-        outcome = await self._call_status(call.ChangeAvailability(connector_id=connector_id, type=kind))
-        if connector_id == 0 and outcome["status"] == "Rejected":
+        outcome = await self.call_status(call.ChangeAvailability(connector_id=connector_id, type=kind))
+        if connector_id == 0 and outcome["status"] == Status.REJECTED:
             for each in self.state.connector_ids:
-                outcome = await self._call_status(call.ChangeAvailability(connector_id=each, type=kind))
-                if outcome["status"] not in ("Accepted", "Scheduled"):
+                outcome = await self.call_status(call.ChangeAvailability(connector_id=each, type=kind))
+                if outcome["status"] not in (Status.ACCEPTED, Status.SCHEDULED):
                     break
             connector_id = -1  # reported as "each connector"
         return {"command": "change_availability", "type": kind, "connector_id": connector_id if connector_id >= 0 else "each", **outcome}
@@ -879,37 +753,40 @@ class ChargePoint(_OcppChargePoint):
         """Ask for fresh meter values and status now (TriggerMessage)."""
         meter = await self.execute_trigger_message("MeterValues", self.state.connector_ids[0])
         status = await self.execute_trigger_message("StatusNotification")
-        worst = meter if meter["status"] != "Accepted" else status
-        return {"command": "refresh", "status": worst["status"], "meter_values": meter["status"], "status_notification": status["status"]}
+        worst = meter if meter["status"] != Status.ACCEPTED else status
+        result = {"command": "refresh", "status": worst["status"], "meter_values": meter["status"], "status_notification": status["status"]}
+        if "reason" in worst:
+            result["reason"] = worst["reason"]
+        return result
 
     async def execute_get_configuration(self, keys: list[str] | None = None) -> dict[str, Any]:
-        return {"command": "get_configuration", **await self._call_status(call.GetConfiguration(key=keys))}
+        return {"command": "get_configuration", **await self.call_status(call.GetConfiguration(key=keys))}
 
     async def execute_change_configuration(self, key: str, value: str) -> dict[str, Any]:
         return {"command": "change_configuration", "key": key,
-                **await self._call_status(call.ChangeConfiguration(key=key, value=value))}
+                **await self.call_status(call.ChangeConfiguration(key=key, value=value))}
 
-    async def _call_status(self, request: Any) -> dict[str, Any]:
+    async def call_status(self, request: Any) -> dict[str, Any]:
         """Run a CALL and express its outcome as ``{"status": ...}`` (never raises for charger faults)."""
         action = type(request).__name__
         try:
             response = await self.call(request, suppress=False)
         except asyncio.TimeoutError:
             _LOGGER.warning("%s: no answer to %s within %ss", self.id, action, self._response_timeout)
-            return {"status": "Timeout", "reason": f"no answer within {self._response_timeout:g} s"}
+            return {"status": Status.TIMEOUT, "reason": f"no answer within {self._response_timeout:g} s"}
         except ConnectionClosed:
             _LOGGER.info("%s: %s not answered: the connection closed", self.id, action)
-            return {"status": "Disconnected", "reason": "the charger disconnected"}
+            return {"status": Status.DISCONNECTED, "reason": "the charger disconnected"}
         except InvalidResponse as err:
             _LOGGER.warning("%s: %s answer breaks the OCPP schema: %s", self.id, action, err)
-            return {"status": "InvalidResponse", "reason": str(err)}
+            return {"status": Status.INVALID_RESPONSE, "reason": str(err)}
         except OCPPError as err:
             _LOGGER.warning("%s: %s answered with CALLERROR %s", self.id, action, err.code)
-            return {"status": "CallError", "reason": f"{err.code}: {err.description}"}
+            return {"status": Status.CALL_ERROR, "reason": f"{err.code}: {err.description}"}
         status = getattr(response, "status", None)
         if status is not None:
             _LOGGER.info("%s: %s -> %s", self.id, action, status)
-        outcome: dict[str, Any] = {"status": str(status) if status is not None else "Accepted"}
+        outcome: dict[str, Any] = {"status": str(status) if status is not None else Status.ACCEPTED}
         details = camel_keys(remove_nones(serialize_as_dict(response)))
         details.pop("status", None)
         if details:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ocpp.routing import after, on
+from ocpp.v16 import call as call16
 from ocpp.v201 import call, call_result
 from ocpp.v201.enums import Action
 
@@ -243,7 +244,7 @@ class ChargePoint201(ChargePoint):
             wanted = [{"component": {"name": c}, "variable": {"name": v}} for c, v in ocpp201.CAPABILITY_VARIABLES]
             wanted += [{"component": {"name": "EVSE", "evse": {"id": evse}}, "variable": {"name": "SupplyPhases"}}
                        for evse in self.state.connector_ids]
-            outcome = await self._call_status(call.GetVariables(get_variable_data=wanted))
+            outcome = await self.call_status(call.GetVariables(get_variable_data=wanted))
             results = outcome.get("response", {}).get("getVariableResult")
             if results is not None:
                 self._learn(list(ocpp201.variable_rows(results)))
@@ -253,7 +254,7 @@ class ChargePoint201(ChargePoint):
 
     async def _set_variable(self, component: str, variable: str, value: str) -> str:
         """One SetVariables; the attribute status (Accepted, Rejected, RebootRequired, ...) or the call's failure."""
-        outcome = await self._call_status(call.SetVariables(set_variable_data=[
+        outcome = await self.call_status(call.SetVariables(set_variable_data=[
             {"component": {"name": component}, "variable": {"name": variable}, "attribute_value": value}]))
         results = outcome.get("response", {}).get("setVariableResult") or []
         return str(results[0].get("attributeStatus")) if results and isinstance(results[0], dict) else outcome["status"]
@@ -280,7 +281,7 @@ class ChargePoint201(ChargePoint):
                 _LOGGER.warning("%s: station refused TxUpdatedMeasurands %s; kept %s", self.id, ",".join(measurands), kept)
             changed = True
         if changed:
-            readback = await self._call_status(call.GetVariables(get_variable_data=[
+            readback = await self.call_status(call.GetVariables(get_variable_data=[
                 {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": name}}
                 for name in ("TxUpdatedMeasurands", "TxUpdatedInterval")]))
             self._learn(list(ocpp201.variable_rows(readback.get("response", {}).get("getVariableResult"))))
@@ -294,30 +295,30 @@ class ChargePoint201(ChargePoint):
                     "reason": f"OCPP 2.0.1 has no TriggerMessage for {requested_message}"}
         evse = {"id": connector_id} if connector_id else None
         return {"command": "trigger_message", "requested_message": requested_message,
-                **await self._call_status(call.TriggerMessage(requested_message=trigger, evse=evse))}
+                **await self.call_status(call.TriggerMessage(requested_message=trigger, evse=evse))}
 
     async def execute_unlock_connector(self, connector_id: int = 1) -> dict[str, Any]:
         return {"command": "unlock_connector", "connector_id": connector_id,
-                **await self._call_status(call.UnlockConnector(evse_id=connector_id, connector_id=1))}
+                **await self.call_status(call.UnlockConnector(evse_id=connector_id, connector_id=1))}
 
     async def execute_reset(self, kind: str = "Soft") -> dict[str, Any]:
         # 1.6 Soft (stop transactions gracefully, then restart) is 2.0.1 OnIdle; Hard is Immediate.
         return {"command": "reset", "type": kind,
-                **await self._call_status(call.Reset(type="Immediate" if kind == "Hard" else "OnIdle"))}
+                **await self.call_status(call.Reset(type="Immediate" if kind == "Hard" else "OnIdle"))}
 
     async def execute_remote_start_transaction(self, id_tag: str, connector_id: int | None = 1) -> dict[str, Any]:
         remote_start_id = self.hub.next_transaction_id()
-        return {"command": "remote_start_transaction", **await self._call_status(call.RequestStartTransaction(
+        return {"command": "remote_start_transaction", **await self.call_status(call.RequestStartTransaction(
             id_token={"id_token": id_tag, "type": "Central"}, remote_start_id=remote_start_id, evse_id=connector_id))}
 
     async def execute_remote_stop_transaction(self, transaction_id: Any) -> dict[str, Any]:
         return {"command": "remote_stop_transaction", "transaction_id": transaction_id,
-                **await self._call_status(call.RequestStopTransaction(transaction_id=str(transaction_id)))}
+                **await self.call_status(call.RequestStopTransaction(transaction_id=str(transaction_id)))}
 
     async def execute_change_availability(self, operative: bool, connector_id: int = 0) -> dict[str, Any]:
         kind = "Operative" if operative else "Inoperative"
         evse = {"id": connector_id} if connector_id else None
-        outcome = await self._call_status(call.ChangeAvailability(operational_status=kind, evse=evse))
+        outcome = await self.call_status(call.ChangeAvailability(operational_status=kind, evse=evse))
         return {"command": "change_availability", "type": kind, "connector_id": connector_id, **outcome}
 
     async def execute_get_configuration(self, keys: list[str] | None = None) -> dict[str, Any]:
@@ -329,7 +330,7 @@ class ChargePoint201(ChargePoint):
                 "reason": "an OCPP 2.0.1 station has a device model (SetVariables), not configuration keys"}
 
     async def execute_get_composite_schedule(self, connector_id: int = 0, duration: int = 3600, unit: str | None = None) -> dict[str, Any]:
-        outcome = await self._call_status(call.GetCompositeSchedule(evse_id=connector_id, duration=duration, charging_rate_unit=unit))
+        outcome = await self.call_status(call.GetCompositeSchedule(evse_id=connector_id, duration=duration, charging_rate_unit=unit))
         schedule = outcome.get("response", {}).get("schedule")
         if schedule:  # the 1.6 shape refresh_effective_limit reads
             outcome["response"] = {"scheduleStart": schedule.get("scheduleStart"), "chargingSchedule": schedule}
@@ -344,8 +345,15 @@ class ChargePoint201(ChargePoint):
             criteria["charging_profile_purpose"] = ocpp201.PURPOSES.get(purpose, purpose)
         if stack_level is not None:
             criteria["stack_level"] = stack_level
-        return {"command": "clear_charging_profile", **await self._call_status(call.ClearChargingProfile(
+        return {"command": "clear_charging_profile", **await self.call_status(call.ClearChargingProfile(
             charging_profile_id=profile_id, charging_profile_criteria=criteria or None))}
+
+    async def call_status(self, request: Any) -> dict[str, Any]:
+        """As for 1.6; a SetChargingProfile the limit controller built (1.6 message class) goes out re-shaped."""
+        if isinstance(request, call16.SetChargingProfile):
+            return await self.send_charging_profile(camel_keys({"connectorId": request.connector_id,
+                                                                "csChargingProfiles": request.cs_charging_profiles}))
+        return await super().call_status(request)
 
     async def send_charging_profile(self, request_16: dict[str, Any]) -> dict[str, Any]:
         """One SetChargingProfile, built by the 1.6 builder and re-shaped: the numbers are computed once."""
@@ -356,7 +364,7 @@ class ChargePoint201(ChargePoint):
         except ValueError as err:
             return {"status": "Invalid", "reason": str(err)}
         profile = request["chargingProfile"]
-        return await self._call_status(call.SetChargingProfile(evse_id=request["evseId"], charging_profile=profile))
+        return await super().call_status(call.SetChargingProfile(evse_id=request["evseId"], charging_profile=profile))
 
 
 __all__ = ["ChargePoint201", "InvalidResponse"]

@@ -184,6 +184,19 @@ PROFILE_SCHEMA = vol.Schema(
     }
 )
 
+# One entry of charging.chargers. Unset keys are learned from the charger's meter values (phases it
+# reports, its voltage; one voltage of 300 V or more and no phase is DC) or taken from charging.*.
+CHARGER_OVERRIDE_SCHEMA = vol.Schema(
+    {
+        vol.Required("id"): _charger_id,
+        vol.Optional("phases"): vol.All(vol.Coerce(int), vol.Range(min=1, max=3)),
+        vol.Optional("voltage"): vol.All(_finite, vol.Range(min=50, max=1000)),
+        vol.Optional("dc"): vol.Boolean(),
+        # AC only by default: 0 on a DC charger, which has no IEC 61851 minimum.
+        vol.Optional("min_current"): vol.All(_finite, vol.Range(min=0, max=80)),
+    }
+)
+
 SCHEMA = vol.Schema(
     {
         vol.Optional("log_level", default="info"): vol.All(vol.Lower, vol.In(LOG_LEVELS)),
@@ -277,6 +290,8 @@ SCHEMA = vol.Schema(
             # Read the effective limit back with GetCompositeSchedule every N seconds (0: only after changes).
             vol.Optional("composite_interval", default=300): vol.All(vol.Coerce(int), vol.Range(min=0, max=86400)),
             vol.Optional("id_tag", default="ocpp-addon"): vol.All(vol.Coerce(str), vol.Length(min=1, max=20)),
+            # Per charger, what it cannot tell us (or tells wrongly): phases, voltage, DC, minimum current.
+            vol.Optional("chargers", default=[]): [CHARGER_OVERRIDE_SCHEMA],
         },
         vol.Optional("meter_values", default={}): {
             # Measurands to configure on the charger (MeterValuesSampledData); empty: leave the charger's own.
@@ -362,6 +377,9 @@ def _describe(error: vol.Invalid, data: Any, prefix: str = "") -> str:
 def _allowed_keys(path: list[Any]) -> list[str]:
     schema: Any = SCHEMA.schema
     for part in path:
+        if isinstance(part, int) and isinstance(schema, list) and schema:
+            schema = schema[0].schema if isinstance(schema[0], vol.Schema) else schema[0]  # an entry of a list
+            continue
         match = next((v for k, v in schema.items() if str(k) == str(part)), None) if isinstance(schema, dict) else None
         if match is None:
             return []
@@ -390,6 +408,11 @@ def validate(data: Any) -> dict[str, Any]:
         raise ConfigError(f"charging.min = {charging['min']!r}: must be below charging.max ({charging['max']!r})")
     if charging["min"] < 0:
         raise ConfigError(f"charging.min = {charging['min']!r}: must be 0 or more")
+    seen: set[str] = set()
+    for index, entry in enumerate(charging["chargers"]):
+        if entry["id"] in seen:
+            raise ConfigError(f"charging.chargers.{index}.id = {entry['id']!r}: given twice; allowed: one entry per charge point id")
+        seen.add(entry["id"])
     ocpp = config["ocpp"]
     if bool(ocpp["ssl_certfile"]) != bool(ocpp["ssl_keyfile"]):
         raise ConfigError("ocpp.ssl_certfile/ssl_keyfile: give both for TLS (wss), or neither")
@@ -447,7 +470,8 @@ def _resolve_defaults(config: dict[str, Any], data: Mapping[str, Any]) -> None:
     """Defaults that depend on other settings (None in the schema)."""
     mqtt = config["mqtt"]
     if mqtt["embedded_broker"] is None:
-        given = data.get("mqtt") if isinstance(data.get("mqtt"), Mapping) else {}
+        section = data.get("mqtt")
+        given: Mapping[str, Any] = section if isinstance(section, Mapping) else {}
         mqtt["embedded_broker"] = "host" not in given and "port" not in given
     if mqtt["client_id"] is None:
         mqtt["client_id"] = default_client_id(config)

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import random
 import re
 from typing import Any, Callable, Mapping
@@ -20,15 +19,14 @@ from typing import Any, Callable, Mapping
 from . import __version__, strict_json
 from .config import bridge_topic
 from .topics import is_charger_id, printable
-from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, SENSORS, EntityDescription, connector_entity
-
-_BY_KEY = {d.key: d for d in SENSORS}
-CONTROLS_BY_KEY = {d.key: d for d in CONTROLS}
-DYNAMIC_KEYS = frozenset(d.key for d in SENSORS if d.dynamic)
-from .hub import CONNECTED, DISCONNECTED, FINAL_REFUSALS, IDENTIFIED, REMOVED, RESULT, UPDATED, Event, Hub
+from .entities import CHARGING_LIMIT, CONTROLS, EFFECTIVE_LIMIT, EntityDescription, attribute_template, is_entity_key, sensor_rows, state_values
+from .hub import BOOT_REFUSED, CONNECTED, DISCONNECTED, IDENTIFIED, READY, REMOVED, RESULT, UPDATED, Event, Hub
+from .results import FINAL_REFUSALS, Status
 from .mqtt_bridge import MqttBridge
-from .profiles import SetpointError, convert_limit
+from .profiles import SetpointError
 from .state import ChargerState, parse_number, utc_now_iso
+
+CONTROLS_BY_KEY = {d.key: d for d in CONTROLS}
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,12 +83,9 @@ def _component(desc: EntityDescription, charger_id: str) -> dict[str, Any]:
     return comp
 
 
-def announced_keys(state: ChargerState, values: Mapping[str, Any] | None = None) -> list[str]:
-    """Sensor keys to announce: static ones, dynamic ones the charger reported, per-connector ones."""
-    values = state.values() if values is None else values
-    keys = [d.key for d in SENSORS if not d.dynamic or d.key in state.readings]
-    keys += sorted(k for k in values if k.startswith("connector_") and connector_entity(k) is not None)
-    return keys
+def announced_keys(state: ChargerState) -> list[str]:
+    """Sensor keys to announce: the entity table's rows this charger has now."""
+    return [d.key for d in sensor_rows(state)]
 
 
 def _command_component(desc: EntityDescription, base: str, cid: str) -> dict[str, Any]:
@@ -115,18 +110,18 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
             device[key] = value
     limit_class = "current" if charging["unit"] == "A" else "power"
     components: dict[str, Any] = {}
-    for key in announced_keys(state):
-        desc = _BY_KEY.get(key) or connector_entity(key)
-        if desc is not None:
-            components[key] = _component(desc, cid)
-    components["smart_charging"].update(json_attributes_topic=f"{base}/{cid}/state",
-                                        json_attributes_template="{{ value_json.capabilities | tojson }}")
+    for desc in sensor_rows(state):
+        components[desc.key] = _component(desc, cid)
+        if desc.attributes:
+            components[desc.key].update(json_attributes_topic=f"{base}/{cid}/state", json_attributes_template=attribute_template(desc.attributes))
     effective = _component(EFFECTIVE_LIMIT, cid)
     effective.update(unit_of_measurement=charging["unit"], device_class=limit_class)
     components["effective_limit"] = effective
     limit = _command_component(CHARGING_LIMIT, base, cid)
     limit.update(min=charging["min"], max=charging["max"], step=charging["step"], mode="slider",
                  unit_of_measurement=charging["unit"], device_class=limit_class)
+    if CHARGING_LIMIT.attributes:
+        limit.update(json_attributes_topic=f"{base}/{cid}/state", json_attributes_template=attribute_template(CHARGING_LIMIT.attributes))
     if config.get("instance_id"):
         # Several instances: the broker keeps the desired limit (retained), so whichever
         # instance a charger connects to next is handed the last setpoint.
@@ -177,28 +172,13 @@ def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def limit_in_unit(state: ChargerState, charging: Mapping[str, Any]) -> float | None:
-    """The accepted limit expressed in the slider's unit."""
-    if state.charging_limit is None:
-        return None
-    unit = state.charging_limit_unit or charging["unit"]
-    value = convert_limit(state.charging_limit, unit, charging["unit"], charging["voltage"], charging["phases"])
-    return round(value, 3)
-
-
 def state_payload(state: ChargerState, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The retained state JSON: every announced key (null when unknown) plus every reading."""
-    values = state.values()
-    payload = {key: values.get(key) for key in announced_keys(state, values)}
-    payload.update(state.readings)
-    payload["charging"] = values["charging"]
-    payload["available"] = values["available"]
-    payload["charging_limit"] = limit_in_unit(state, config["charging"])
-    payload["charging_limit_unit"] = config["charging"]["unit"]
-    payload["effective_limit"] = state.effective_limit
-    payload["capabilities"] = state.capabilities
-    payload["connected"] = state.connected
-    return payload
+    """The retained state JSON: one value per entity (null when unknown) and the attributes of some.
+
+    ``charging_limit`` is what the charger accepted (``applied``), in the slider's unit, converted
+    by the function that made the value sent (limits.shown); a pause is 0 with its reason in
+    ``charging_limit_reason``; ``requested_limit`` is what the user asked for."""
+    return state_values(state, config["charging"]["unit"])
 
 
 def parse_limit_payload(payload: bytes, default_unit: str) -> tuple[float, str]:
@@ -284,7 +264,7 @@ class HomeAssistantSink:
         if kind == UPDATED:
             assert event.state is not None
             announced = self._announced.get(cid, frozenset())
-            if self.discovery_enabled and any(k not in announced and (k in DYNAMIC_KEYS or k.startswith("connector_")) for k in event.changed):
+            if self.discovery_enabled and any(k not in announced and is_entity_key(k) for k in event.changed):
                 self._publish_discovery(event.state)  # a new per-phase or per-connector value: announce it
             self._mark_dirty(cid)
         elif kind == RESULT:
@@ -295,6 +275,10 @@ class HomeAssistantSink:
                 if state is not None and state.charging_limit is not None:
                     self.mqtt.publish(f"{self.base}/{cid}/charging_limit/set", json.dumps(
                         {"limit": state.charging_limit, "unit": state.charging_limit_unit}), retain=True, qos=1)
+        elif kind in (READY, BOOT_REFUSED):
+            # A charger whose BootNotification we refused is connected but not a working device.
+            if self.instance is None or self._owners.get(cid, self.instance) == self.instance:
+                self.mqtt.publish(f"{self.base}/{cid}/availability", "online" if kind == READY else "offline", retain=True, qos=1)
         elif kind in (CONNECTED, DISCONNECTED):
             assert event.state is not None
             if self.instance is not None:
@@ -409,7 +393,7 @@ class HomeAssistantSink:
         handler = COMMANDS.get(command)
         if handler is None:
             _LOGGER.warning("%s: unknown command %r on %s", cid, command, topic)
-            self.hub.result(cid, command=command, status="UnknownCommand", reason=f"no command {command!r}; see the README's topic table")
+            self.hub.result(cid, command=command, status=Status.UNKNOWN_COMMAND, reason=f"no command {command!r}; see the README's topic table")
             return
         try:
             return handler(self.hub, self.config, cid, payload, "mqtt")  # the store's write of a setpoint: acknowledged once done

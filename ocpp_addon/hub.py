@@ -4,7 +4,12 @@ Charge points report state changes here; sinks (Home Assistant, BEMcom) receive
 :class:`Event` objects and turn them into MQTT. Commands from sinks come back
 through the hub, which owns the rules every sink shares: range checks, keeping a
 setpoint for an offline charger, newest-value-wins while a request is in flight,
-and honest results (the accepted limit changes only on ``Accepted``).
+and honest results (the accepted limit changes only on ``Accepted``). The charging
+limit itself is owned per charger by :class:`limits.LimitController`.
+
+Nothing here touches a socket: a charge point is anything with the few methods the
+hub calls (``configure``, ``refresh_effective_limit``, ``call_status``, ``execute_*``),
+so the hub is tested with a fake charger too.
 """
 
 from __future__ import annotations
@@ -12,33 +17,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
 
-from .profiles import SetpointError, check_limit, convert_limit
+from .limits import Applied, LimitController, shown
+from .results import FINAL_REFUSALS, Status
 from .state import ChargerState
 from .store import Store
+
+__all__ = ["FINAL_REFUSALS", "Status", "EventKind", "Event", "Hub"]
 
 if TYPE_CHECKING:
     from .charge_point import ChargePoint
 
 _LOGGER = logging.getLogger(__name__)
 
-CONNECTED = "connected"
-DISCONNECTED = "disconnected"
-IDENTIFIED = "identified"  # BootNotification: vendor/model/firmware may have changed
-READY = "ready"  # the charger takes commands (booted, or evidently running)
-UPDATED = "updated"
-RESULT = "result"  # outcome of a command, for the event topic
-RAW_FRAME = "raw_frame"
-REMOVED = "removed"
+class EventKind(StrEnum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    IDENTIFIED = "identified"  # BootNotification: vendor/model/firmware may have changed
+    READY = "ready"  # the charger takes commands (booted, or evidently running)
+    BOOT_REFUSED = "boot_refused"  # boot_wait passed and the only BootNotification was refused: not a working charger
+    UPDATED = "updated"
+    RESULT = "result"  # outcome of a command, for the event topic
+    RAW_FRAME = "raw_frame"
+    REMOVED = "removed"
 
-# Answers that settle a setpoint: it is not retried on reconnect (a Timeout or a lost connection is).
-FINAL_REFUSALS = frozenset({"Rejected", "NotSupported", "CallError", "InvalidResponse", "Invalid"})
+
+CONNECTED, DISCONNECTED, IDENTIFIED, READY, BOOT_REFUSED, UPDATED, RESULT, RAW_FRAME, REMOVED = EventKind
 
 
 @dataclass(slots=True)
 class Event:
-    kind: str
+    kind: EventKind
     charger_id: str
     state: ChargerState | None = None
     changed: tuple[str, ...] = ()
@@ -56,16 +67,19 @@ class Hub:
         self.sinks: list[Sink] = []
         self.connected: dict[str, ChargePoint] = {}
         self.states: dict[str, ChargerState] = {}
+        self.limits: dict[str, LimitController] = {}
         self.wants_raw_frames = False
         # Every OCPP frame, both directions: (charger id, "in" | "out", text). Set by the chargers page
         # only while a browser has it open, so a frame costs one None check otherwise.
         self.frame_tap: Callable[[str, str, str], None] | None = None
-        self._pending_limit: set[str] = set()
-        self._force_limit: set[str] = set()  # send even if unchanged: the charger lost it
-        self._limit_workers: dict[str, asyncio.Task[None]] = {}
-        self._debounce: dict[str, asyncio.TimerHandle] = {}
         self._background: dict[str, asyncio.Task[None]] = {}  # per charger: configure, then periodic read-back
+        charging = config["charging"]
         for charger_id, saved in store.chargers.items():
+            applied = Applied.from_dict(saved.get("applied"))
+            if applied is None and saved.get("charging_limit") is not None:
+                # a state file from before issue 12: the accepted limit was sent as it was, converted with the config
+                unit = saved.get("charging_limit_unit") or charging["unit"]
+                applied = Applied(saved["charging_limit"], unit, charging["voltage"], charging["phases"])
             self.states[charger_id] = ChargerState(
                 id=charger_id,
                 vendor=saved.get("vendor"),
@@ -76,6 +90,7 @@ class Hub:
                 charging_limit_unit=saved.get("charging_limit_unit"),
                 requested_limit=saved.get("requested_limit"),
                 requested_unit=saved.get("requested_unit"),
+                applied=applied,
                 strategy=saved.get("strategy"),
             )
 
@@ -98,12 +113,20 @@ class Hub:
             state = self.states[charger_id] = ChargerState(id=charger_id)
         return state
 
+    def limit(self, charger_id: str) -> LimitController:
+        """The charger's limit controller: every path that sets its limit goes through it."""
+        controller = self.limits.get(charger_id)
+        if controller is None:
+            controller = self.limits[charger_id] = LimitController(self, charger_id)
+        return controller
+
     # -- from charge points -----------------------------------------------------
 
     def charger_connected(self, cp: ChargePoint) -> None:
-        for stale in (self._limit_workers.pop(cp.id, None), self._background.pop(cp.id, None)):
-            if stale is not None:  # bound to a replaced connection
-                stale.cancel()
+        self.limit(cp.id).disconnected()  # a task bound to a replaced connection
+        stale = self._background.pop(cp.id, None)
+        if stale is not None:
+            stale.cancel()
         self.connected[cp.id] = cp
         cp.state.connected = True
         self.store.update_charger(cp.id)
@@ -114,55 +137,52 @@ class Hub:
             return  # replaced by a newer connection: that one owns the state now
         del self.connected[cp.id]
         cp.state.connected = False
-        worker = self._limit_workers.pop(cp.id, None)
-        interrupted = worker is not None and not worker.done()
-        for task in (worker, self._background.pop(cp.id, None)):
-            if task is not None:
-                task.cancel()
+        task = self._background.pop(cp.id, None)
+        if task is not None:
+            task.cancel()
         self.emit(Event(DISCONNECTED, cp.id, cp.state))
-        s = cp.state
-        if interrupted and s.requested_limit is not None:
-            # Every command ends with an event: this one is kept and goes out when the charger is back.
-            self.result(cp.id, command="charging_limit", status="Queued", limit=s.requested_limit, unit=s.requested_unit,
-                        reason="the charger went offline before it answered; sent when it connects")
+        self.limit(cp.id).disconnected()
 
     def charger_booted(self, cp: ChargePoint) -> None:
         s = cp.state
         self.store.update_charger(cp.id, vendor=s.vendor, model=s.model, firmware=s.firmware, serial=s.serial)
         self.emit(Event(IDENTIFIED, cp.id, s))
 
+    def boot_refused(self, cp: ChargePoint) -> None:
+        """boot_wait passed after we refused its BootNotification: no commands, and not shown as working."""
+        self.emit(Event(BOOT_REFUSED, cp.id, cp.state))
+
     def charger_ready(self, cp: ChargePoint) -> None:
         """The charger takes commands now: send a setpoint it has not accepted yet."""
         s = cp.state
         self.emit(Event(READY, cp.id, s))
         self._background[cp.id] = asyncio.create_task(self._look_after(cp), name=f"look-after-{cp.id}")
-        if s.requested_limit is not None and (s.requested_limit, s.requested_unit) != (s.charging_limit, s.charging_limit_unit):
+        limits = self.limit(cp.id)
+        if limits.unsettled:
+            assert s.requested_limit is not None
             _LOGGER.info("%s: sending the setpoint kept while it was away (%g %s)", cp.id, s.requested_limit, s.requested_unit)
-            self._pending_limit.add(cp.id)
-            self._start_limit_worker(cp)
+            limits.kick()
 
     async def _look_after(self, cp: ChargePoint) -> None:
         """Per connection: read capabilities, check the charger still has our limit, keep the effective limit fresh."""
         await cp.configure()
         s = cp.state
-        if s.charging_limit is not None and cp.id not in self._pending_limit:
+        limits = self.limit(cp.id)
+        if s.applied is not None and not limits.unsettled:
             await cp.refresh_effective_limit()
-            charging = self.config["charging"]
-            ours = convert_limit(s.charging_limit, s.charging_limit_unit or charging["unit"], charging["unit"],
-                                 charging["voltage"], charging["phases"])
-            if s.effective_limit is None or s.effective_limit > ours + 0.5:
+            unit = self.config["charging"]["unit"]
+            ours = shown(s.applied, unit)
+            if ours is not None and (s.effective_limit is None or s.effective_limit > ours + 0.5):
                 # A power cycle or a factory reset can wipe charging profiles: the charger
                 # enforces more than it accepted from us, so send our limit again.
                 _LOGGER.info("%s: enforces %s instead of %g %s; sending the limit again", cp.id,
-                             "no limit" if s.effective_limit is None else f"{s.effective_limit:g}", ours, charging["unit"])
+                             "no limit" if s.effective_limit is None else f"{s.effective_limit:g}", ours, unit)
                 if s.requested_limit is None:
                     s.requested_limit, s.requested_unit = s.charging_limit, s.charging_limit_unit
-                self._force_limit.add(cp.id)
-                self._pending_limit.add(cp.id)
-                self._start_limit_worker(cp)
+                limits.kick(force=True)
         interval = self.config["charging"]["composite_interval"]
         while self.connected.get(cp.id) is cp:
-            if cp.state.charging_limit is not None or cp.state.strategy:
+            if cp.state.applied is not None or cp.state.strategy:
                 await cp.refresh_effective_limit()
             if interval <= 0:
                 return
@@ -171,18 +191,10 @@ class Hub:
     def capabilities_learned(self, cp: ChargePoint) -> None:
         self.state_changed(cp.state, ("capabilities", "smart_charging"))
 
-    def strategy_learned(self, cp: ChargePoint) -> None:
-        """Persist what the charger accepted so the next setpoint goes straight there."""
-        self.store.update_charger(cp.id, strategy=cp.state.strategy)
-        self.state_changed(cp.state, ("smart_charging",))
-
     def transaction_started(self, cp: ChargePoint) -> None:
         """A session limit (TxProfile) can only be installed once a transaction runs."""
-        s = cp.state
-        if self.config["charging"]["profile"]["purpose"] == "TxProfile" and s.requested_limit is not None:
-            self._force_limit.add(cp.id)  # the last session's TxProfile ended with it
-            self._pending_limit.add(cp.id)
-            self._start_limit_worker(cp)
+        if self.config["charging"]["profile"]["purpose"] == "TxProfile" and cp.state.requested_limit is not None:
+            self.limit(cp.id).kick(force=True)  # the last session's TxProfile ended with it
 
     def state_changed(self, state: ChargerState, changed: tuple[str, ...] | list[str]) -> None:
         self.emit(Event(UPDATED, state.id, state, tuple(changed)))
@@ -198,133 +210,57 @@ class Hub:
     def result(self, charger_id: str, **data: Any) -> None:
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=data))
 
+    def emit_result(self, charger_id: str, data: dict[str, Any]) -> None:
+        self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=data))
+
     def set_charging_limit(self, charger_id: str, limit: float, unit: str | None = None,
                            source: str = "mqtt") -> asyncio.Future[bool] | None:
         """Request a charging limit; the outcome arrives as a RESULT event (and UPDATED on Accepted).
 
         Returns the write of the new setpoint to disk (None when nothing was kept): the MQTT
         message that asked for it is acknowledged once that is done."""
-        unit = unit or self.config["charging"]["unit"]
-        state = self.states.get(charger_id)
-        if state is None:
+        if charger_id not in self.states:
+            unit = unit or self.config["charging"]["unit"]
             _LOGGER.warning("%s: charging limit %g %s refused: unknown charger", charger_id, limit, unit)
-            self.result(charger_id, command="charging_limit", status="UnknownCharger", limit=limit, unit=unit, source=source,
+            self.result(charger_id, command="charging_limit", status=Status.UNKNOWN_CHARGER, limit=limit, unit=unit, source=source,
                         reason="no charger with this id has ever connected")
             return None
-        try:
-            check_limit(limit, unit, self.config["charging"])
-        except SetpointError as err:
-            _LOGGER.warning("%s: charging limit refused: %s", charger_id, err)
-            self.result(charger_id, command="charging_limit", status="Invalid", limit=limit, unit=unit, source=source, reason=str(err))
-            return None
-        state.requested_limit, state.requested_unit = limit, unit
-        durable = self.store.update_charger(charger_id, urgent=True, requested_limit=limit, requested_unit=unit)
-        cp = self.connected.get(charger_id)
-        if cp is None or not cp.ready.is_set():
-            _LOGGER.info("%s: charger offline; keeping charging limit %g %s until it connects", charger_id, limit, unit)
-            self.result(charger_id, command="charging_limit", status="Queued", limit=limit, unit=unit, source=source,
-                        reason="charger offline; sent when it connects")
-            return durable
-        delay = self.config["charging"]["debounce"]
-        loop = asyncio.get_running_loop()
-        handle = self._debounce.pop(charger_id, None)
-        if delay <= 0 or handle is None:
-            # A lone setpoint goes out at once (leading edge) and opens a quiet window.
-            self._pending_limit.add(charger_id)
-            self._start_limit_worker(cp)
-            if delay > 0:
-                self._debounce[charger_id] = loop.call_later(delay, self._debounced, charger_id, False)
-            return durable
-        # Inside the window (a slider drag): the newest value wins once the drag has been quiet
-        # for `debounce` seconds, because every profile write wears the charger's flash.
-        handle.cancel()
-        self._debounce[charger_id] = loop.call_later(delay, self._debounced, charger_id, True)
-        return durable
+        return self.limit(charger_id).request(limit, unit, source)
 
-    def _debounced(self, charger_id: str, send: bool) -> None:
-        self._debounce.pop(charger_id, None)
-        cp = self.connected.get(charger_id)
-        if send and cp is not None:
-            self._pending_limit.add(charger_id)
-            self._start_limit_worker(cp)
-
-    def _start_limit_worker(self, cp: ChargePoint) -> None:
-        worker = self._limit_workers.get(cp.id)
-        if worker is None or worker.done():
-            self._limit_workers[cp.id] = asyncio.create_task(self._apply_limits(cp), name=f"limit-{cp.id}")
-
-    async def _apply_limits(self, cp: ChargePoint) -> None:
-        """Send the newest requested limit; values requested meanwhile collapse into one follow-up."""
-        state = cp.state
-        await cp.configured.wait()  # plan profiles with the charger's capabilities known
-        while cp.id in self._pending_limit and self.connected.get(cp.id) is cp:
-            self._pending_limit.discard(cp.id)
-            limit, unit = state.requested_limit, state.requested_unit
-            if limit is None:
-                return
-            if (limit, unit) == (state.charging_limit, state.charging_limit_unit) and state.strategy and cp.id not in self._force_limit:
-                # Unchanged: every profile write wears the charger's flash.
-                self.emit(Event(RESULT, cp.id, state, data={"command": "charging_limit", "status": "Unchanged", "limit": limit, "unit": unit}))
-                continue
-            self._force_limit.discard(cp.id)
-            result = await cp.execute_send_charging_profile(limit, unit)
-            if result["status"] == "Accepted":
-                state.charging_limit, state.charging_limit_unit = limit, unit
-                self.store.update_charger(cp.id, charging_limit=limit, charging_limit_unit=unit)
-                self.state_changed(state, ("charging_limit", "charging_limit_unit"))
-                self._spawn(cp.refresh_effective_limit())
-            else:
-                _LOGGER.warning("%s: charging limit %g %s not applied: %s %s", cp.id, limit, unit, result["status"], result.get("reason", ""))
-                if result["status"] in FINAL_REFUSALS and (state.requested_limit, state.requested_unit) == (limit, unit):
-                    # answered: the request is settled, so a reconnect does not send it again
-                    state.requested_limit, state.requested_unit = state.charging_limit, state.charging_limit_unit
-                    self.store.update_charger(cp.id, requested_limit=state.requested_limit, requested_unit=state.requested_unit)
-            self.emit(Event(RESULT, cp.id, state, data=result))
-
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         task.add_done_callback(_log_task_failure)
 
     def run_command(self, charger_id: str, name: str, **kwargs: Any) -> None:
         """Fire-and-forget :meth:`command` (from MQTT callbacks); the result arrives as an event."""
-        self._spawn(self.command(charger_id, name, **kwargs))
+        self.spawn(self.command(charger_id, name, **kwargs))
 
     async def command(self, charger_id: str, name: str, **kwargs: Any) -> dict[str, Any]:
         """Run ``ChargePoint.execute_<name>(**kwargs)`` on a connected charger and emit its result.
 
         Results are ``{"command": ..., "status": ...}`` dicts; an offline or unknown
         charger gives status ``Offline`` / ``UnknownCharger`` without raising.
+        A schedule goes through the charger's limit controller like every other limit.
         """
         cp = self.connected.get(charger_id)
         if cp is None:
-            status = "Offline" if charger_id in self.states else "UnknownCharger"
+            status = Status.OFFLINE if charger_id in self.states else Status.UNKNOWN_CHARGER
             result: dict[str, Any] = {"command": name, "status": status, "reason": "charger not connected"}
+        elif name == "set_charging_schedule":
+            result = await self.limit(charger_id).schedule(cp, **kwargs)
+            if result["status"] == Status.ACCEPTED:
+                self.spawn(cp.refresh_effective_limit())
         else:
             method = getattr(cp, f"execute_{name}", None)
             if method is None:
-                result = {"command": name, "status": "UnknownCommand", "reason": f"no command {name!r}"}
+                result = {"command": name, "status": Status.UNKNOWN_COMMAND, "reason": f"no command {name!r}"}
             else:
                 result = await method(**kwargs)
-                self._after_command(cp, name, result)
+                if name == "clear_charging_limit" and result["status"] == Status.ACCEPTED:
+                    self.limit(charger_id).cleared()
+                    self.spawn(cp.refresh_effective_limit())
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=result))
         return result
-
-    def _after_command(self, cp: ChargePoint, name: str, result: dict[str, Any]) -> None:
-        state = cp.state
-        if result["status"] != "Accepted":
-            return
-        if name == "set_charging_schedule":
-            state.charging_limit, state.charging_limit_unit = result.get("limit"), result.get("unit")
-            state.requested_limit, state.requested_unit = state.charging_limit, state.charging_limit_unit
-            self.store.update_charger(cp.id, charging_limit=state.charging_limit, charging_limit_unit=state.charging_limit_unit,
-                                      requested_limit=state.requested_limit, requested_unit=state.requested_unit)
-            self.state_changed(state, ("charging_limit",))
-            self._spawn(cp.refresh_effective_limit())
-        elif name == "clear_charging_limit":
-            state.charging_limit = state.requested_limit = None
-            self.store.update_charger(cp.id, charging_limit=None, requested_limit=None)
-            self.state_changed(state, ("charging_limit",))
-            self._spawn(cp.refresh_effective_limit())
 
     def remove_charger(self, charger_id: str) -> None:
         """Forget a charger: its discovery and retained state are cleared by the sinks."""
@@ -334,19 +270,18 @@ class Hub:
             return
         if charger_id not in self.connected:
             del self.states[charger_id]
+            self.limits.pop(charger_id, None)
         self.store.forget_charger(charger_id)
         _LOGGER.info("%s: removed", charger_id)
         self.emit(Event(REMOVED, charger_id, state))
-        self.result(charger_id, command="remove", status="Accepted")
+        self.result(charger_id, command="remove", status=Status.ACCEPTED)
 
     async def close(self) -> None:
-        for handle in self._debounce.values():
-            handle.cancel()
-        tasks = [*self._limit_workers.values(), *self._background.values()]
+        tasks = list(self._background.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._limit_workers.clear()
+        await asyncio.gather(*(limits.close() for limits in self.limits.values()), return_exceptions=True)
         self._background.clear()
 
 

@@ -82,22 +82,6 @@ def check_limit(limit: float, unit: str, charging: Mapping[str, Any]) -> None:
         )
 
 
-def apply_minimum(limit: float, unit: str, charging: Mapping[str, Any], voltage: float, phases: int) -> tuple[float, str | None]:
-    """Below the minimum charging current an EV cannot charge: pause (0) or refuse, never round up.
-
-    Returns the limit to send and a note for the event when it was changed.
-    """
-    minimum = charging["min_current"]
-    if limit <= 0 or minimum <= 0:
-        return limit, None
-    amps = convert_limit(limit, unit, "A", voltage, phases)
-    if amps + 1e-9 >= minimum:
-        return limit, None
-    if charging["below_min"] == "reject":
-        raise SetpointError(f"{limit:g} {unit} is below the minimum charging current of {minimum:g} A; send 0 to pause")
-    return 0.0, f"{limit:g} {unit} is below the minimum charging current of {minimum:g} A: paused (limit 0)"
-
-
 def round_limit(limit: float) -> float:
     """OCPP 1.6 limits are decimals with one digit after the point (the schema's multipleOf 0.1).
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import websockets
+from websockets.typing import Subprotocol
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _OcppChargePoint
 from ocpp.v16 import call, call_result
@@ -56,6 +57,17 @@ class SimOptions:
     rejected_purposes: set[str] = field(default_factory=set)  # e.g. {"TxDefaultProfile"}
     rejected_kinds: set[str] = field(default_factory=set)  # e.g. {"Absolute"}
     max_stack_level: int = 8
+    # Kinds of charger seen in the field (issue 12):
+    dc: bool = False  # a DC station: one voltage (~400 V DC) and one current, no phases
+    feature_profiles: str = "Core,FirmwareManagement,SmartCharging,RemoteTrigger"  # SupportedFeatureProfiles
+
+    @property
+    def smart_charging(self) -> bool:
+        return "SmartCharging" in self.feature_profiles.split(",")
+
+    @property
+    def remote_trigger(self) -> bool:
+        return "RemoteTrigger" in self.feature_profiles.split(",")
 
 
 # Keys real chargers report as read-only: a ChangeConfiguration of one is Rejected.
@@ -169,7 +181,11 @@ class SimulatedCharger(_OcppChargePoint):
         return max(0.0, min(self.options.max_current, limit))
 
     def power(self) -> float:
-        return self.current() * self.options.voltage * self.options.phases
+        return self.current() * self.options.voltage * self.conductors()
+
+    def conductors(self) -> int:
+        """Phases an AC charger draws on; a DC station has one current and one voltage."""
+        return 1 if self.options.dc else self.options.phases
 
     def sampled_values(self) -> list[dict[str, Any]]:
         o = self.options
@@ -178,10 +194,15 @@ class SimulatedCharger(_OcppChargePoint):
             {"value": f"{self.energy_wh:.0f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh", "context": "Sample.Periodic"},
             {"value": f"{self.power():.1f}", "measurand": "Power.Active.Import", "unit": "W", "context": "Sample.Periodic"},
         ]
-        for phase in ("L1", "L2", "L3")[: o.phases]:
-            values.append({"value": f"{amps:.1f}", "measurand": "Current.Import", "phase": phase, "unit": "A", "context": "Sample.Periodic"})
-        for phase in ("L1-N", "L2-N", "L3-N")[: o.phases]:
-            values.append({"value": f"{o.voltage + random.uniform(-2, 2):.1f}", "measurand": "Voltage", "phase": phase, "unit": "V", "context": "Sample.Periodic"})
+        if o.dc:
+            values.append({"value": f"{amps:.1f}", "measurand": "Current.Import", "unit": "A", "context": "Sample.Periodic"})
+            values.append({"value": f"{o.voltage:.1f}", "measurand": "Voltage", "unit": "V", "context": "Sample.Periodic"})
+        else:
+            for phase in ("L1", "L2", "L3")[: o.phases]:
+                values.append({"value": f"{amps:.1f}", "measurand": "Current.Import", "phase": phase, "unit": "A", "context": "Sample.Periodic"})
+            for phase in ("L1-N", "L2-N", "L3-N")[: o.phases]:
+                values.append({"value": f"{o.voltage + random.uniform(-2, 2):.1f}", "measurand": "Voltage", "phase": phase, "unit": "V",
+                               "context": "Sample.Periodic"})
         values.append({"value": f"{o.soc:.0f}", "measurand": "SoC", "unit": "Percent", "location": "EV", "context": "Sample.Periodic"})
         values.append({"value": "31.5", "measurand": "Temperature", "unit": "Celsius", "location": "Body", "context": "Sample.Periodic"})
         values.append({"value": f"{o.max_current if self.limit_amps is None else self.limit_amps:.1f}", "measurand": "Current.Offered", "unit": "A", "context": "Sample.Periodic"})
@@ -209,6 +230,8 @@ class SimulatedCharger(_OcppChargePoint):
         """What this simulated charger answers: its configured status, or Rejected for a quirk it has."""
         o = self.options
         schedule = profile["charging_schedule"]
+        if not o.smart_charging:
+            return "NotSupported"
         if (
             (connector_id == 0 and o.reject_connector_zero and profile["charging_profile_purpose"] != "ChargePointMaxProfile")
             or profile["charging_profile_purpose"] in o.rejected_purposes
@@ -227,7 +250,7 @@ class SimulatedCharger(_OcppChargePoint):
             schedule = cs_charging_profiles["charging_schedule"]
             limit = float(schedule["charging_schedule_period"][0]["limit"])
             if schedule["charging_rate_unit"] == "W":
-                limit = limit / (self.options.voltage * self.options.phases)
+                limit = limit / (self.options.voltage * self.conductors())
             self.limit_amps = limit
             self._composite = schedule
         return call_result.SetChargingProfile(status=status)
@@ -251,7 +274,7 @@ class SimulatedCharger(_OcppChargePoint):
     def on_get_configuration(self, key: list[str] | None = None, **kwargs: Any) -> Any:
         o = self.options
         config = {
-            "SupportedFeatureProfiles": "Core,FirmwareManagement,SmartCharging,RemoteTrigger",
+            "SupportedFeatureProfiles": o.feature_profiles,
             "NumberOfConnectors": str(o.connectors),
             "ChargeProfileMaxStackLevel": str(o.max_stack_level),
             "ChargingScheduleAllowedChargingRateUnit": ",".join({"A": "Current", "W": "Power"}[u] for u in o.allowed_units),
@@ -278,10 +301,12 @@ class SimulatedCharger(_OcppChargePoint):
 
     @on(Action.trigger_message)
     def on_trigger_message(self, requested_message: str, **kwargs: Any) -> Any:
-        return call_result.TriggerMessage(status="Accepted")
+        return call_result.TriggerMessage(status="Accepted" if self.options.remote_trigger else "NotImplemented")
 
     @after(Action.trigger_message)
     async def after_trigger_message(self, requested_message: str, **kwargs: Any) -> None:
+        if not self.options.remote_trigger:
+            return
         if requested_message == "MeterValues":
             await self.send_meter_values()
         elif requested_message == "StatusNotification":
@@ -335,7 +360,7 @@ class SimulatedCharger(_OcppChargePoint):
 
 async def connect(url: str, charger_id: str, options: SimOptions | None = None, **connect_kwargs: Any) -> tuple[SimulatedCharger, asyncio.Task[None]]:
     """Connect one simulated charger; returns it and the task running it."""
-    ws = await websockets.connect(f"{url.rstrip('/')}/{charger_id}", subprotocols=["ocpp1.6"], **connect_kwargs)
+    ws = await websockets.connect(f"{url.rstrip('/')}/{charger_id}", subprotocols=[Subprotocol("ocpp1.6")], **connect_kwargs)
     charger = SimulatedCharger(charger_id, ws, options)
     return charger, asyncio.create_task(charger.run(), name=f"sim-{charger_id}")
 

@@ -95,7 +95,7 @@ class SimulatedStation(_OcppChargePoint):
         }
         for evse in range(1, o.connectors + 1):
             model[("EVSE", evse, "AvailabilityState")] = Variable("Available")
-            model[("EVSE", evse, "Power")] = Variable(f"{o.max_current * o.voltage * o.phases:.0f}", "ReadOnly", "decimal")
+            model[("EVSE", evse, "Power")] = Variable(f"{o.max_current * o.voltage * self.conductors():.0f}", "ReadOnly", "decimal")
             model[("EVSE", evse, "SupplyPhases")] = Variable(str(0 if getattr(o, "dc", False) else o.phases), "ReadOnly", "integer")
         return model
 
@@ -242,7 +242,11 @@ class SimulatedStation(_OcppChargePoint):
         return max(0.0, min(self.options.max_current, limit))
 
     def power(self) -> float:
-        return self.current() * self.options.voltage * self.options.phases
+        return self.current() * self.options.voltage * self.conductors()
+
+    def conductors(self) -> int:
+        """Phases an AC station draws on; a DC station has one current and one voltage."""
+        return 1 if getattr(self.options, "dc", False) else self.options.phases
 
     def sampled_values(self, context: str) -> list[dict[str, Any]]:
         o = self.options
@@ -253,7 +257,10 @@ class SimulatedStation(_OcppChargePoint):
             {"value": round(self.power(), 1), "measurand": "Power.Active.Import", "context": context,
              "unit_of_measure": {"unit": "W"}},
         ]
-        for phase in PHASES[: o.phases]:
+        if getattr(o, "dc", False):
+            values.append({"value": round(amps, 1), "measurand": "Current.Import", "context": context, "unit_of_measure": {"unit": "A"}})
+            values.append({"value": round(o.voltage, 1), "measurand": "Voltage", "context": context, "unit_of_measure": {"unit": "V"}})
+        for phase in PHASES[: 0 if getattr(o, "dc", False) else o.phases]:
             values.append({"value": round(amps, 1), "measurand": "Current.Import", "phase": phase, "context": context,
                            "unit_of_measure": {"unit": "A"}})
             values.append({"value": round(o.voltage + random.uniform(-2, 2), 1), "measurand": "Voltage", "phase": f"{phase}-N",
@@ -290,7 +297,7 @@ class SimulatedStation(_OcppChargePoint):
             schedule = charging_profile["charging_schedule"][0]
             limit = float(schedule["charging_schedule_period"][0]["limit"])
             if schedule["charging_rate_unit"] == "W":
-                limit = limit / (self.options.voltage * self.options.phases)
+                limit = limit / (self.options.voltage * self.conductors())
             self.limit_amps = limit
         return call_result.SetChargingProfile(status=status)
 

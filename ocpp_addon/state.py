@@ -13,7 +13,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from .limits import Applied, Supply
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -248,16 +251,19 @@ class ChargerState:
     model: str | None = None
     firmware: str | None = None
     serial: str | None = None
-    boot_reason: str | None = None
     readings: dict[str, Any] = field(default_factory=dict)
     connectors: dict[int, Connector] = field(default_factory=dict)
     last_heartbeat: str | None = None
     firmware_status: str | None = None
     diagnostics_status: str | None = None
-    charging_limit: float | None = None  # the limit the charger ACCEPTED
+    # The last request the charger accepted, in the user's unit (to tell an unchanged setpoint);
+    # what it accepted on the wire, and so what the slider shows, is ``applied``.
+    charging_limit: float | None = None
     charging_limit_unit: str | None = None
-    requested_limit: float | None = None
+    requested_limit: float | None = None  # what the user asked for last, in their unit
     requested_unit: str | None = None
+    applied: Applied | None = None
+    supply: Supply | None = None  # phases/voltage/DC its readings proved (limits.learn_supply); kept while we run
     effective_limit: float | None = None  # what GetCompositeSchedule says the charger enforces
     effective_limit_unit: str | None = None
     capabilities: dict[str, Any] = field(default_factory=dict)
@@ -286,44 +292,24 @@ class ChargerState:
                 return connector_id, connector
         return None
 
-    def values(self) -> dict[str, Any]:
-        """Flat view of every sensor value: readings, status, session, limits."""
-        main = self.main_connector
-        values: dict[str, Any] = dict(self.readings)
-        values["status"] = main.status if main else None
-        values["error_code"] = main.error_code if main else None
-        active = self.active_transaction()
-        session = active[1] if active else main
-        values["transaction_id"] = active[1].transaction_id if active else None
-        values["id_tag"] = session.id_tag if session else None
-        values["session_energy"] = session.session_energy if session else None
-        values["session_duration"] = session.session_duration if session else None
-        values["stop_reason"] = session.stop_reason if session else None
-        values["charging"] = "ON" if active or (main and main.status in CHARGING_STATUSES) else "OFF"
-        values["available"] = "OFF" if any(c.status == "Unavailable" for c in self.connectors.values()) else "ON"
-        values["last_heartbeat"] = self.last_heartbeat
-        values["charging_limit"] = self.charging_limit
-        values["charging_limit_unit"] = self.charging_limit_unit
-        values["effective_limit"] = self.effective_limit
-        values["smart_charging"] = _smart_charging_summary(self.capabilities, self.strategy)
-        for connector_id, connector in self.connectors.items():
-            if connector_id > 1 or (connector_id == 1 and len([c for c in self.connectors if c > 0]) > 1):
-                values[f"connector_{connector_id}_status"] = connector.status
-                values[f"connector_{connector_id}_error_code"] = connector.error_code
-        return values
+    def end_live_readings(self, connector_id: int) -> list[str]:
+        """A transaction ended: the power and currents it drew are over (the energy register is a total and stays).
+
+        Without this the state keeps showing the last sample (6,340 W beside status Available)
+        until the charger happens to send MeterValues again, which many do only while charging."""
+        prefix = f"connector_{connector_id}_" if connector_id > 1 else ""
+        changed = []
+        for key, value in self.readings.items():
+            base = key[len(prefix):] if prefix and key.startswith(prefix) else (key if not prefix and not key.startswith("connector_") else None)
+            if base in LIVE_FLOWS and value != 0:
+                self.readings[key] = 0.0
+                changed.append(key)
+        return changed
 
 
+# Readings that only flow during a transaction: zeroed when it stops.
+LIVE_FLOWS = frozenset({"power", "power_l1", "power_l2", "power_l3", "current", "current_l1", "current_l2", "current_l3", "current_n"})
 CHARGING_STATUSES = ("Charging", "SuspendedEV", "SuspendedEVSE")
-
-
-def _smart_charging_summary(capabilities: dict[str, Any], strategy: dict[str, Any] | None) -> str | None:
-    if strategy:
-        connectors = ",".join(str(c) for c in strategy["connector_ids"])
-        return f"{strategy['purpose']} on connector {connectors}, {strategy['kind']}, stack {strategy['stack_level']}, {strategy['unit']}"
-    supported = capabilities.get("smart_charging")
-    if supported is None:
-        return None
-    return "supported" if supported else "not supported"
 
 
 # GetConfiguration keys that tell us how to talk smart charging to a charger.

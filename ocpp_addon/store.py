@@ -63,6 +63,13 @@ _STRATEGY = vol.Schema({
     vol.Required("stack_level"): vol.All(int, vol.Range(min=0, max=1000)),
     vol.Required("unit"): vol.In(("A", "W")),
 })
+_APPLIED = vol.Schema({
+    vol.Required("value"): _finite_number,
+    vol.Required("unit"): vol.In(("A", "W")),
+    vol.Required("voltage"): vol.All(_finite_number, vol.Range(min=1, max=2000)),
+    vol.Required("phases"): vol.All(int, vol.Range(min=1, max=3)),
+    vol.Optional("reason"): vol.Any(None, _text),
+})
 CHARGER_SCHEMA = vol.Schema({
     vol.Optional("vendor"): vol.Any(None, _text),
     vol.Optional("model"): vol.Any(None, _text),
@@ -72,7 +79,10 @@ CHARGER_SCHEMA = vol.Schema({
     vol.Optional("charging_limit_unit"): _UNIT,
     vol.Optional("requested_limit"): _LIMIT,
     vol.Optional("requested_unit"): _UNIT,
-    vol.Optional("strategy"): vol.Any(None, _STRATEGY),
+    # what the charger accepted on the wire (limits.Applied)
+    vol.Optional("applied"): vol.Any(None, _APPLIED),
+    # what worked, or {"unsupported": True} after a whole ladder of NotSupported
+    vol.Optional("strategy"): vol.Any(None, _STRATEGY, vol.Schema({vol.Required("unsupported"): True})),
 }, extra=vol.REMOVE_EXTRA)  # keys of newer versions are dropped, not fatal
 
 

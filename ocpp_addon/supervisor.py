@@ -44,6 +44,7 @@ LIFTED: dict[str, tuple[str, ...]] = {
     "ocpp_auth_passwords": ("ocpp", "auth", "passwords"),
     "ocpp_charger_versions": ("ocpp", "charger_versions"),
     "charging_profile": ("charging", "profile"),
+    "charging_chargers": ("charging", "chargers"),
     "authorization_id_tags": ("authorization", "id_tags"),
 }
 # File options that may name a file in the app's /ssl folder by its name alone.
@@ -122,7 +123,7 @@ def _resolve_ssl_paths(data: dict[str, Any]) -> None:
     for section, key in SSL_FILES:
         values = data.get(section)
         value = values.get(key) if isinstance(values, dict) else None
-        if isinstance(value, str) and value and not value.startswith("/"):
+        if isinstance(values, dict) and isinstance(value, str) and value and not value.startswith("/"):
             values[key] = str(SSL_DIR / value)
 
 
@@ -190,8 +191,8 @@ def fetch_mqtt_service(base_url: str, token: str, timeout: float = REQUEST_TIMEO
     except ValueError:
         raise ServiceUnavailable("the Supervisor's answer is not JSON") from None
     if not isinstance(reply, dict) or reply.get("result") != "ok":
-        message = reply.get("message") if isinstance(reply, dict) else None
-        raise ServiceUnavailable(f"the Supervisor answered result: error ({message or 'no message'})")
+        said = reply.get("message") if isinstance(reply, dict) else None
+        raise ServiceUnavailable(f"the Supervisor answered result: error ({said or 'no message'})")
     service = reply.get("data")
     if not isinstance(service, dict) or not service.get("host"):
         raise ServiceUnavailable("no app provides an MQTT broker")

@@ -42,6 +42,7 @@ from aiohttp import WSMsgType, web
 
 from . import __version__
 from .auth import PagePassword
+from .entities import state_values
 from .homeassistant import COMMANDS
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, READY, REMOVED, RESULT, UPDATED, Event, Hub
 from .logs import LogBudget
@@ -110,10 +111,10 @@ def frame_summary(direction: str, text: str, pending: dict[str, str]) -> dict[st
 
 def charger_view(state: ChargerState, hub: Hub, extra: dict[str, Any]) -> dict[str, Any]:
     """Everything the page shows about one charger, as plain JSON (the page escapes every string)."""
-    values = state.values()
     charging = hub.config["charging"]
+    values = state_values(state, charging["unit"])  # the entity table's values, as Home Assistant gets them
     requested = state.requested_limit
-    applied = state.charging_limit
+    applied = values["charging_limit"]  # what the charger accepted, in the slider's unit (limits.shown)
     view: dict[str, Any] = {
         "id": state.id,
         "connected": state.connected,
@@ -127,7 +128,7 @@ def charger_view(state: ChargerState, hub: Hub, extra: dict[str, Any]) -> dict[s
         "requested_limit": requested,
         "requested_unit": state.requested_unit if requested is not None else None,
         "charging_limit": applied,
-        "charging_limit_unit": state.charging_limit_unit if applied is not None else None,
+        "charging_limit_unit": charging["unit"] if applied is not None else None,
         "effective_limit": state.effective_limit,
         "effective_limit_unit": state.effective_limit_unit if state.effective_limit is not None else None,
         "vendor": state.vendor,
@@ -142,8 +143,10 @@ def charger_view(state: ChargerState, hub: Hub, extra: dict[str, Any]) -> dict[s
                                   "transaction_id": c.transaction_id} for cid, c in sorted(state.connectors.items())},
         "unit": charging["unit"],
     }
-    if (requested, state.requested_unit) != (applied, state.charging_limit_unit) and requested is not None:
+    if hub.limit(state.id).unsettled:
         view["limit_reason"] = extra.get("limit_reason") or ("waiting for the charger" if state.connected else "charger offline; sent when it connects")
+    elif state.applied is not None and state.applied.reason:
+        view["limit_reason"] = state.applied.reason  # e.g. "paused: below 6 A"
     if extra.get("last_error"):
         view["last_error"] = extra["last_error"]
     return view

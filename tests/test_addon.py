@@ -771,7 +771,7 @@ async def test_no_mqtt_service_is_one_clear_error_and_the_app_retries_until_it_a
         fake.reply = mqtt_service(broker.port)
         await app.wait_line("ready:")
         await probe.wait_for("ocpp/bridge/state", lambda p: p == b"online")
-        assert [l for l in app.lines if "no MQTT broker" in l] == [line]
+        assert [text for text in app.lines if "no MQTT broker" in text] == [line]
         assert await app.stop() == 0
     finally:
         fake.close()

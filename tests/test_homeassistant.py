@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ocpp_addon import config as cfg
+from ocpp_addon.limits import Applied
 from ocpp_addon.homeassistant import (
     bridge_discovery,
     device_discovery,
@@ -63,6 +64,7 @@ def test_watt_slider_and_multi_instance() -> None:
 def test_state_payload_has_every_announced_key_and_the_accepted_limit_in_slider_units() -> None:
     state = charger(power=7360.0, energy=12.5)
     state.charging_limit, state.charging_limit_unit = 11040.0, "W"
+    state.applied = Applied(11040.0, "W", 230.0, 3)  # what the charger accepted: shown in the slider's unit
     payload = state_payload(state, CONFIG)
     announced = set(device_discovery(state, CONFIG)["components"])
     sensors = {k for k in announced if k not in ("charging_limit", "charging", "available", "reset", "unlock", "refresh", "clear_limit")}

@@ -222,3 +222,25 @@ async def test_a_station_without_smart_charging_that_never_boots(service: Servic
     assert len([a for a, _ in sim.received[mark:] if a == "SetChargingProfile"]) <= 1  # no ladder walk
     state = await probe.wait_json(STATE, lambda d: "charging_limit" in d)
     assert state["charging_limit"] is None  # nothing accepted, nothing shown
+
+
+async def test_a_dc_station_is_known_from_its_device_model(service: Service, probe: MqttProbe) -> None:
+    """SupplyPhases 0: DC, before any reading proves it: 4 A is sent as 4 A (an AC guess pauses it at 0 A: below
+    the 6 A AC minimum). Its 400 V reading is then a DC voltage: 7000 W on a station that takes A only is
+    7000 / 400 V = 17.5 A."""
+    sim = await station(service, dc=True, voltage=400.0, phases=1, allowed_units=("A",), start_transaction=False)
+    cp = service.app.hub.connected["station-1"]
+    await asyncio.wait_for(cp.configured.wait(), TIMEOUT)
+    assert cp.state.capabilities["dc"] is True and "voltage" not in cp.state.readings
+    mark = len(sim.received)
+    probe.publish("ocpp/station-1/charging_limit/set", "4")
+    request = await sim.wait_for_call("SetChargingProfile", since=mark)
+    assert request["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"] == 4
+    await sim.start_transaction(1, "CablePluggedIn")
+    await sim.send_meter_values()
+    await probe.wait_json(STATE, lambda d: d.get("voltage") == 400.0)
+    mark = len(sim.received)
+    probe.publish("ocpp/station-1/charging_limit/set", json.dumps({"limit": 7000, "unit": "W"}))
+    request = await sim.wait_for_call("SetChargingProfile", since=mark)
+    schedule = request["chargingProfile"]["chargingSchedule"][0]
+    assert (schedule["chargingRateUnit"], schedule["chargingSchedulePeriod"][0]["limit"]) == ("A", 17.5)

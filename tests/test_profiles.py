@@ -11,7 +11,6 @@ from ocpp_addon import config as cfg
 from ocpp_addon.profiles import (
     Attempt,
     SetpointError,
-    apply_minimum,
     build_set_charging_profile,
     check_limit,
     convert_limit,
@@ -75,19 +74,13 @@ def test_conversion_and_rounding() -> None:
     library_accepts(build_set_charging_profile(convert_limit(7400, "W", "A", 231.7, 1), "A", TEMPLATE, now=NOW))
 
 
-def test_range_and_minimum_current() -> None:
+def test_range() -> None:
     check_limit(0, "A", CHARGING)
     check_limit(32, "A", CHARGING)
     check_limit(22080, "W", CHARGING)  # = 32 A at 230 V x 3
     for bad, unit in ((33, "A"), (-1, "A"), (30000, "W"), (float("nan"), "A"), (10, "kW")):
         with pytest.raises(SetpointError):
             check_limit(bad, unit, CHARGING)
-    assert apply_minimum(3, "A", CHARGING, 230, 3) == (0.0, "3 A is below the minimum charging current of 6 A: paused (limit 0)")
-    assert apply_minimum(6, "A", CHARGING, 230, 3) == (6, None)
-    assert apply_minimum(4000, "W", CHARGING, 230, 3)[0] == 0  # 4000 W / (230 V x 3) = 5.8 A: paused
-    assert apply_minimum(4140, "W", CHARGING, 230, 3) == (4140, None)  # exactly 6 A
-    with pytest.raises(SetpointError, match="minimum"):
-        apply_minimum(3, "A", {**CHARGING, "below_min": "reject"}, 230, 3)
 
 
 def test_schedule_periods_are_relative_to_the_first_entry() -> None:

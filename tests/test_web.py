@@ -25,7 +25,7 @@ from ocpp_addon import web as web_module
 from ocpp_addon.web import frame_summary, ingress_prefix
 
 from .conftest import TIMEOUT, MqttProbe, Service
-from .ingress_proxy import INGRESS_PATH, IngressProxy
+from .ingress_proxy import INGRESS_PATH
 
 
 def web_section(**overrides: Any) -> dict[str, Any]:
