@@ -48,7 +48,8 @@ class ChargePoint201(ChargePoint):
         super().__init__(*args, **kwargs)
         # The 1.6 handlers this class inherits answer 1.6 actions only: a 2.0.1 station sending
         # StartTransaction gets NotImplemented like any other action 2.0.1 does not define.
-        self.route_map = {action: handlers for action, handlers in self.route_map.items()
+        routes: dict[str, Any] = self.route_map  # type: ignore[has-type]  # set by the library's untyped __init__
+        self.route_map = {action: handlers for action, handlers in routes.items()
                           if validation.known_action(action, self.ocpp_version)}
         self._connector_status: dict[int, str] = {}  # EVSE -> 2.0.1 connector status
         self._charging_state: dict[int, str | None] = {}  # EVSE -> charging state of its transaction
@@ -241,7 +242,7 @@ class ChargePoint201(ChargePoint):
     async def configure(self) -> None:
         """Read the device model's smart-charging and sampling variables (GetVariables), once per connection."""
         try:
-            wanted = [{"component": {"name": c}, "variable": {"name": v}} for c, v in ocpp201.CAPABILITY_VARIABLES]
+            wanted: list[dict[str, Any]] = [{"component": {"name": c}, "variable": {"name": v}} for c, v in ocpp201.CAPABILITY_VARIABLES]
             wanted += [{"component": {"name": "EVSE", "evse": {"id": evse}}, "variable": {"name": "SupplyPhases"}}
                        for evse in self.state.connector_ids]
             outcome = await self.call_status(call.GetVariables(get_variable_data=wanted))

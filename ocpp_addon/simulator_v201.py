@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import websockets
+from websockets.typing import Subprotocol
 from ocpp.exceptions import NotSupportedError
 from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint as _OcppChargePoint
@@ -430,6 +431,6 @@ class SimulatedStation(_OcppChargePoint):
 
 async def connect(url: str, station_id: str, options: SimOptions | None = None, **connect_kwargs: Any) -> tuple[SimulatedStation, asyncio.Task[None]]:
     """Connect one simulated 2.0.1 station; returns it and the task running it."""
-    ws = await websockets.connect(f"{url.rstrip('/')}/{station_id}", subprotocols=[SUBPROTOCOL], **connect_kwargs)
+    ws = await websockets.connect(f"{url.rstrip('/')}/{station_id}", subprotocols=[Subprotocol(SUBPROTOCOL)], **connect_kwargs)
     station = SimulatedStation(station_id, ws, options)
     return station, asyncio.create_task(station.run(), name=f"sim201-{station_id}")
