@@ -75,23 +75,17 @@ READ_ONLY_KEYS = frozenset({"SupportedFeatureProfiles", "NumberOfConnectors", "C
                             "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled"})
 
 
-class SimulatedCharger(_OcppChargePoint):
-    """A charge point; every CALL it receives is recorded in ``received`` for tests and demos."""
+class RecordsCalls:
+    """What both simulators (1.6 here, 2.0.1 in simulator_v201) share: every CALL the central system sends is
+    recorded in ``received`` for tests and demos, and ``run`` is the receive loop plus the charger's own
+    behaviour. It comes before the version's library ChargePoint in the bases."""
 
-    def __init__(self, charger_id: str, connection: Any, options: SimOptions | None = None) -> None:
-        super().__init__(charger_id, connection, response_timeout=10)
-        self.options = options or SimOptions()
+    options: SimOptions
+    _tasks: list[asyncio.Task[Any]]
+
+    def _start_recording(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self._arrived = asyncio.Condition()
-        self.limit_amps: float | None = None  # from the last accepted profile
-        self.energy_wh = random.uniform(1000, 5000)
-        self.transaction_id: int | None = None
-        self.heartbeat_interval = 300
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.booted = asyncio.Event()  # its start-up sequence (boot, status, transaction) is done
-        self.changed_configuration: dict[str, str] = {}  # ChangeConfiguration values it accepted
-
-    # -- what the central system sent ------------------------------------------------
 
     async def route_message(self, raw_msg: str) -> None:
         try:
@@ -105,7 +99,7 @@ class SimulatedCharger(_OcppChargePoint):
             ignored = self.options.extra_ignored_actions | ({"SetChargingProfile"} if self.options.profile_status == "ignore" else set())
             if msg[2] in ignored:
                 return  # simulate a charger that never answers
-        await super().route_message(raw_msg)
+        await super().route_message(raw_msg)  # type: ignore[misc]  # the library's ChargePoint, next in the bases
 
     async def wait_for_call(self, action: str, predicate: Callable[[dict[str, Any]], bool] = lambda p: True,
                             timeout: float = 10.0, since: int = 0) -> dict[str, Any]:
@@ -125,16 +119,14 @@ class SimulatedCharger(_OcppChargePoint):
     def calls(self, action: str) -> list[dict[str, Any]]:
         return [payload for name, payload in self.received if name == action]
 
-    # -- lifecycle ---------------------------------------------------------------------
-
     async def run(self) -> None:
         """Receive loop plus the charger's own behaviour; returns when the connection closes."""
-        receiver = asyncio.create_task(self.start())
+        receiver = asyncio.create_task(self.start())  # type: ignore[attr-defined]
         try:
-            await self.boot()
+            await self.boot()  # type: ignore[attr-defined]
             if self.options.meter_interval > 0:
-                self._tasks.append(asyncio.create_task(self._meter_loop()))
-            self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+                self._tasks.append(asyncio.create_task(self._meter_loop()))  # type: ignore[attr-defined]
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop()))  # type: ignore[attr-defined]
             await receiver
         except websockets.ConnectionClosed:
             pass
@@ -142,6 +134,22 @@ class SimulatedCharger(_OcppChargePoint):
             for task in self._tasks:
                 task.cancel()
             receiver.cancel()
+
+
+class SimulatedCharger(RecordsCalls, _OcppChargePoint):
+    """A charge point; every CALL it receives is recorded in ``received`` for tests and demos."""
+
+    def __init__(self, charger_id: str, connection: Any, options: SimOptions | None = None) -> None:
+        super().__init__(charger_id, connection, response_timeout=10)
+        self.options = options or SimOptions()
+        self._start_recording()
+        self.limit_amps: float | None = None  # from the last accepted profile
+        self.energy_wh = random.uniform(1000, 5000)
+        self.transaction_id: int | None = None
+        self.heartbeat_interval = 300
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.booted = asyncio.Event()  # its start-up sequence (boot, status, transaction) is done
+        self.changed_configuration: dict[str, str] = {}  # ChangeConfiguration values it accepted
 
     async def boot(self) -> None:
         o = self.options

@@ -11,13 +11,12 @@ transaction with TransactionEvent and reports its meter values in TransactionEve
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import websockets
 from websockets.typing import Subprotocol
@@ -27,7 +26,7 @@ from ocpp.v201 import ChargePoint as _OcppChargePoint
 from ocpp.v201 import call, call_result
 from ocpp.v201.enums import Action
 
-from .simulator import SimOptions
+from .simulator import RecordsCalls, SimOptions
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,14 +52,13 @@ class Variable:
 Key = tuple[str, int | None, str]  # (component name, EVSE id or None, variable name)
 
 
-class SimulatedStation(_OcppChargePoint):
+class SimulatedStation(RecordsCalls, _OcppChargePoint):
     """A 2.0.1 station; every CALL it receives is recorded in ``received`` for tests and demos."""
 
     def __init__(self, station_id: str, connection: Any, options: SimOptions | None = None) -> None:
         super().__init__(station_id, connection, response_timeout=10)
         self.options = options or SimOptions()
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self._arrived = asyncio.Condition()
+        self._start_recording()
         self.limit_amps: float | None = None  # from the last accepted profile
         self.energy_wh = random.uniform(1000, 5000)
         self.transaction_id: str | None = None
@@ -118,58 +116,6 @@ class SimulatedStation(_OcppChargePoint):
     @staticmethod
     def _key(component: dict[str, Any], variable: dict[str, Any]) -> Key:
         return component["name"], (component.get("evse") or {}).get("id"), variable["name"]
-
-    # -- what the central system sent ------------------------------------------------
-
-    async def route_message(self, raw_msg: str) -> None:
-        try:
-            msg = json.loads(raw_msg)
-        except ValueError:
-            msg = None
-        if isinstance(msg, list) and len(msg) == 4 and msg[0] == 2:
-            async with self._arrived:
-                self.received.append((msg[2], msg[3]))
-                self._arrived.notify_all()
-            ignored = self.options.extra_ignored_actions | ({"SetChargingProfile"} if self.options.profile_status == "ignore" else set())
-            if msg[2] in ignored:
-                return  # a station that never answers
-        await super().route_message(raw_msg)
-
-    async def wait_for_call(self, action: str, predicate: Callable[[dict[str, Any]], bool] = lambda p: True,
-                            timeout: float = 10.0, since: int = 0) -> dict[str, Any]:
-        """Wait until a CALL ``action`` (the ``since``-th message or later) matching ``predicate`` arrives."""
-        def find() -> dict[str, Any] | None:
-            for name, payload in self.received[since:]:
-                if name == action and predicate(payload):
-                    return payload
-            return None
-
-        async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: find() is not None), timeout)
-        found = find()
-        assert found is not None
-        return found
-
-    def calls(self, action: str) -> list[dict[str, Any]]:
-        return [payload for name, payload in self.received if name == action]
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Receive loop plus the station's own behaviour; returns when the connection closes."""
-        receiver = asyncio.create_task(self.start())
-        try:
-            await self.boot()
-            if self.options.meter_interval > 0:
-                self._tasks.append(asyncio.create_task(self._meter_loop()))
-            self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
-            await receiver
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            receiver.cancel()
 
     async def boot(self, reason: str = "PowerUp") -> None:
         o = self.options
