@@ -115,24 +115,33 @@ def _stored_password(value: Any) -> str | None:
     return text
 
 
-def _password_map(value: Any) -> dict[str, str]:
-    """``{charge point id: password}``, or the add-on's list form ``[{id: ..., password: ...}]``."""
+def _charger_pairs(value: Any, field: str, shape: str, what: str) -> list[tuple[str, Any]]:
+    """``{charge point id: x}`` or the add-on's list form ``[{id: ..., <field>: x}]`` -> (id, x) pairs, ids checked.
+
+    The Supervisor has no free-key mappings, so per-charger options come as lists of sections there.
+    """
     if value is None:
-        return {}
+        return []
     if isinstance(value, list):
         pairs = []
         for index, item in enumerate(value):
-            if not isinstance(item, Mapping) or set(item) != {"id", "password"}:
-                raise vol.Invalid(f"entry {index}: expected {{id: <charge point id>, password: <password>}}")
-            pairs.append((item["id"], item["password"]))
+            if not isinstance(item, Mapping) or set(item) != {"id", field}:
+                raise vol.Invalid(f"entry {index}: expected {{id: <charge point id>, {field}: {shape}}}")
+            pairs.append((item["id"], item[field]))
     elif isinstance(value, Mapping):
         pairs = list(value.items())
     else:
-        raise vol.Invalid("expected a mapping of charge point id to password")
-    result: dict[str, str] = {}
-    for charger_id, password in pairs:
+        raise vol.Invalid(f"expected a mapping of charge point id to {what}")
+    for charger_id, _ in pairs:
         if not is_charger_id(charger_id):
             raise vol.Invalid(f"{str(charger_id)[:70]!r} is not a charge point id matching {CHARGER_ID_PATTERN}")
+    return pairs
+
+
+def _password_map(value: Any) -> dict[str, str]:
+    """``{charge point id: password}``, or the add-on's list form ``[{id: ..., password: ...}]``."""
+    result: dict[str, str] = {}
+    for charger_id, password in _charger_pairs(value, "password", "<password>", "password"):
         stored = _stored_password(password)
         if stored is None:
             raise vol.Invalid(f"{charger_id}: empty password")
@@ -145,22 +154,8 @@ OCPP_VERSIONS = ("2.0.1", "1.6")
 
 def _version_map(value: Any) -> dict[str, str]:
     """``{charge point id: "1.6" | "2.0.1"}``, or the add-on's list form ``[{id: ..., version: ...}]``."""
-    if value is None:
-        return {}
-    if isinstance(value, list):
-        pairs = []
-        for index, item in enumerate(value):
-            if not isinstance(item, Mapping) or set(item) != {"id", "version"}:
-                raise vol.Invalid(f"entry {index}: expected {{id: <charge point id>, version: 1.6 or 2.0.1}}")
-            pairs.append((item["id"], item["version"]))
-    elif isinstance(value, Mapping):
-        pairs = list(value.items())
-    else:
-        raise vol.Invalid("expected a mapping of charge point id to OCPP version")
     result: dict[str, str] = {}
-    for charger_id, version in pairs:
-        if not is_charger_id(charger_id):
-            raise vol.Invalid(f"{str(charger_id)[:70]!r} is not a charge point id matching {CHARGER_ID_PATTERN}")
+    for charger_id, version in _charger_pairs(value, "version", "1.6 or 2.0.1", "OCPP version"):
         if str(version) not in OCPP_VERSIONS:
             raise vol.Invalid(f"{charger_id}: OCPP version {str(version)[:20]!r} is not one of {', '.join(OCPP_VERSIONS)}")
         result[charger_id] = str(version)
