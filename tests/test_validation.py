@@ -35,20 +35,20 @@ ACTIONS = sorted(path.stem for path in SCHEMA_DIR.glob("*.json") if not path.ste
 KINDS_AND_ACTIONS = [(kind, action) for action in ACTIONS for kind in ("call", "result")]
 
 
-def library_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
+def library_verdict(kind: str, action: str, payload: Any, version: str = "1.6") -> type[OCPPError] | None:
     """The error class the library raises for this payload, or None if it accepts it."""
     message = Call("1", action, copy.deepcopy(payload)) if kind == "call" else CallResult("1", copy.deepcopy(payload), action)
     try:
-        _validate_payload(message, "1.6")
+        _validate_payload(message, version)
     except OCPPError as exc:
         return type(exc)
     return None
 
 
-def our_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
+def our_verdict(kind: str, action: str, payload: Any, version: str = "1.6") -> type[OCPPError] | None:
     before = copy.deepcopy(payload)
     try:
-        (validate_call if kind == "call" else validate_result)(action, payload)
+        (validate_call if kind == "call" else validate_result)(action, payload, version)
     except OCPPError as exc:
         verdict: type[OCPPError] | None = type(exc)
         cause = exc.details["cause"]
@@ -59,9 +59,9 @@ def our_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
     return verdict
 
 
-def assert_same_verdict(kind: str, action: str, payload: Any) -> type[OCPPError] | None:
-    expected = library_verdict(kind, action, payload)
-    assert our_verdict(kind, action, payload) is expected, (kind, action, payload)
+def assert_same_verdict(kind: str, action: str, payload: Any, version: str = "1.6") -> type[OCPPError] | None:
+    expected = library_verdict(kind, action, payload, version)
+    assert our_verdict(kind, action, payload, version) is expected, (kind, action, payload)
     return expected
 
 
