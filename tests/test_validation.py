@@ -88,7 +88,7 @@ JSON_VALUES = st.recursive(
 
 
 def valid_instances(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Instances of the keyword subset the 1.6 schemas use; format ignored like the library."""
+    """Instances of the keyword subset the 1.6 and 2.0.1 schemas use; format ignored like the library."""
     if "$ref" in schema:
         return valid_instances(root["definitions"][schema["$ref"].rsplit("/", 1)[1]], root)
     if "enum" in schema:
@@ -102,18 +102,20 @@ def valid_instances(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchSt
             optional={name: valid_instances(sub, root) for name, sub in properties.items() if name not in required},
         )
     if kind == "array":
-        return st.lists(valid_instances(schema["items"], root), min_size=schema.get("minItems", 0), max_size=3)
+        low = schema.get("minItems", 0)
+        return st.lists(valid_instances(schema["items"], root), min_size=low, max_size=min(schema.get("maxItems", 3), max(low, 3)))
     if kind == "string":
         longest = schema.get("maxLength", 50)
         dates = st.datetimes().map(lambda moment: moment.isoformat() + "Z")
         texts = st.one_of(st.text(max_size=min(longest, 30)), st.just("a" * longest))
         return texts | dates if longest >= 32 else texts
     if kind == "integer":
-        return st.integers(-(2**63), 2**63)
+        return st.integers(schema.get("minimum", -(2**63)), schema.get("maximum", 2**63))
     if kind == "number":
         if "multipleOf" in schema:
             return st.integers(-100_000, 100_000).map(lambda tenths: tenths / 10)
-        return st.one_of(st.integers(-(10**9), 10**9), st.floats(-1e9, 1e9, allow_nan=False))
+        low, high = schema.get("minimum", -(10**9)), schema.get("maximum", 10**9)
+        return st.one_of(st.integers(int(low), int(high)), st.floats(low, high, allow_nan=False))
     if kind == "boolean":
         return st.booleans()
     return JSON_VALUES  # untyped, e.g. DataTransfer.data

@@ -20,7 +20,7 @@ from ocpp_addon.simulator import SimOptions
 from ocpp_addon.simulator_v201 import SimulatedStation
 from ocpp_addon.validation import known_action, validate_call
 from tests import test_validation as v16
-from tests.test_validation import JSON_VALUES, mutated
+from tests.test_validation import mutated, valid_instances
 
 SCHEMA_DIR = Path(ocpp.__file__).parent / "v201" / "schemas"
 ACTIONS = sorted(path.stem.removesuffix("Request") for path in SCHEMA_DIR.glob("*Request.json"))
@@ -42,35 +42,6 @@ def assert_same_verdict(kind: str, action: str, payload: Any) -> type[OCPPError]
 def schema_of(kind: str, action: str) -> dict[str, Any]:
     name = action + ("Request" if kind == "call" else "Response")
     return json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8-sig"))
-
-
-def valid_instances(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Instances of the keyword subset the 2.0.1 schemas use (with minimum/maximum and maxItems)."""
-    if "$ref" in schema:
-        return valid_instances(root["definitions"][schema["$ref"].rsplit("/", 1)[1]], root)
-    if "enum" in schema:
-        return st.sampled_from(schema["enum"])
-    kind = schema.get("type")
-    if kind == "object":
-        properties = schema.get("properties", {})
-        required = schema.get("required", [])
-        return st.fixed_dictionaries(
-            {name: valid_instances(properties[name], root) for name in required},
-            optional={name: valid_instances(sub, root) for name, sub in properties.items() if name not in required},
-        )
-    if kind == "array":
-        low = schema.get("minItems", 0)
-        return st.lists(valid_instances(schema["items"], root), min_size=low, max_size=min(schema.get("maxItems", 3), max(low, 3)))
-    if kind == "string":
-        longest = schema.get("maxLength", 50)
-        return st.one_of(st.text(max_size=min(longest, 30)), st.just("a" * longest))
-    if kind == "integer":
-        return st.integers(schema.get("minimum", -(2**40)), schema.get("maximum", 2**40))
-    if kind == "number":
-        return st.floats(schema.get("minimum", -1e9), schema.get("maximum", 1e9), allow_nan=False)
-    if kind == "boolean":
-        return st.booleans()
-    return JSON_VALUES
 
 
 def test_every_2_0_1_action_is_known_and_1_6_ones_are_not() -> None:
