@@ -972,3 +972,21 @@ async def test_the_controller_rule_judges_flexibility_on_the_configured_sensor(s
     await sim.send_meter_values()  # back within: the schedule's
     await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted" and d.get("limit") == 9000 and len(limits(sim)) == 4)
     assert limits(sim) == [5000, 9000, 5000, 9000]
+
+
+async def test_a_2_0_1_station_gets_datapoints_too(service_factory, probe: MqttProbe) -> None:
+    """BEMcom datapoints for a 2.0.1 station: the same state keys as a 1.6 charger's, its own messages' fields,
+    and the limit actuator drives it with a 2.0.1 SetChargingProfile."""
+    service = await start(service_factory)
+    sim = await service.charger("station-1", ocpp="2.0.1")
+    await sim.send_meter_values()
+    keys = ("station-1__state__power", "station-1__state__energy", "station-1__state__status",
+            "station-1__StatusNotification__connector_status", "station-1__BootNotification__reason")
+    available = await probe.wait_json(AVAILABLE, lambda d: all(k in d["sensor"] for k in keys))
+    assert available["actuator"] == {f"station-1__{c}__": "0" for c in ALL_COMMANDS}
+    limit_key = LIMIT_KEY.replace("wallbox-1", "station-1")
+    await install_map(probe, {}, {LIMIT_TOPIC: limit_key})
+    probe.publish(LIMIT_TOPIC, value_message("7000"), qos=2)
+    request = await sim.wait_for_call("SetChargingProfile")
+    schedule = request["chargingProfile"]["chargingSchedule"][0]
+    assert (schedule["chargingRateUnit"], schedule["chargingSchedulePeriod"][0]["limit"]) == ("W", 7000)
