@@ -38,7 +38,11 @@ _TRIGGERS = {"MeterValues": "MeterValues", "StatusNotification": "StatusNotifica
 
 
 class ChargePoint201(ChargePoint):
-    """A connected OCPP 2.0.1 station. Created per WebSocket connection by the central system."""
+    """A connected OCPP 2.0.1 station. Created per WebSocket connection by the central system.
+
+    Handlers whose payloads 2.0.1 shares with 1.6 (Heartbeat, FirmwareStatusNotification, the after-boot
+    step) are inherited; the route map keeps only actions 2.0.1 defines.
+    """
 
     ocpp_version = "2.0.1"
     results: Any = call_result
@@ -76,16 +80,6 @@ class ChargePoint201(ChargePoint):
         self.hub.charger_booted(self)
         return call_result.BootNotification(current_time=utc_now_iso(), interval=self.config["ocpp"]["heartbeat_interval"],
                                             status="Accepted")
-
-    @after(Action.boot_notification)
-    def after_boot_notification(self, **kwargs: Any) -> None:
-        self._mark_ready("BootNotification accepted")
-
-    @on(Action.heartbeat)
-    def on_heartbeat(self, **kwargs: Any) -> Any:
-        self.state.last_heartbeat = utc_now_iso()
-        self.hub.state_changed(self.state, ("last_heartbeat",))
-        return call_result.Heartbeat(current_time=self.state.last_heartbeat)
 
     @on(Action.status_notification)
     def on_status_notification(self, timestamp: str, connector_status: str, evse_id: int, connector_id: int,  # type: ignore[override]
@@ -201,12 +195,6 @@ class ChargePoint201(ChargePoint):
     def on_security_event_notification(self, type: str, timestamp: str, **kwargs: Any) -> Any:
         _LOGGER.info("%s: security event %s", self.id, type)
         return call_result.SecurityEventNotification()
-
-    @on(Action.firmware_status_notification)
-    def on_firmware_status_notification(self, status: str, **kwargs: Any) -> Any:
-        self.state.firmware_status = status
-        self.hub.state_changed(self.state, ("firmware_status",))
-        return call_result.FirmwareStatusNotification()
 
     @on(Action.log_status_notification)
     def on_log_status_notification(self, status: str, **kwargs: Any) -> Any:

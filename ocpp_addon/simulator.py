@@ -77,8 +77,9 @@ READ_ONLY_KEYS = frozenset({"SupportedFeatureProfiles", "NumberOfConnectors", "C
 
 class RecordsCalls:
     """What both simulators (1.6 here, 2.0.1 in simulator_v201) share: every CALL the central system sends is
-    recorded in ``received`` for tests and demos, and ``run`` is the receive loop plus the charger's own
-    behaviour. It comes before the version's library ChargePoint in the bases."""
+    recorded in ``received`` for tests and demos, ``run`` is the receive loop plus the charger's own
+    behaviour, and ``current``/``power`` its electrical model. It comes before the version's library
+    ChargePoint in the bases."""
 
     options: SimOptions
     _tasks: list[asyncio.Task[Any]]
@@ -118,6 +119,20 @@ class RecordsCalls:
 
     def calls(self, action: str) -> list[dict[str, Any]]:
         return [payload for name, payload in self.received if name == action]
+
+    def current(self) -> float:
+        """The current it draws: the last accepted limit, at most its maximum, 0 without a transaction."""
+        if self.transaction_id is None:  # type: ignore[attr-defined]
+            return 0.0
+        limit = self.options.max_current if self.limit_amps is None else self.limit_amps  # type: ignore[attr-defined]
+        return max(0.0, min(self.options.max_current, limit))
+
+    def power(self) -> float:
+        return self.current() * self.options.voltage * self.conductors()
+
+    def conductors(self) -> int:
+        """Phases an AC charger draws on; a DC station has one current and one voltage."""
+        return 1 if self.options.dc else self.options.phases
 
     async def run(self) -> None:
         """Receive loop plus the charger's own behaviour; returns when the connection closes."""
@@ -181,19 +196,6 @@ class SimulatedCharger(RecordsCalls, _OcppChargePoint):
             await self.send_meter_values()
             await asyncio.sleep(self.options.meter_interval)
             self.energy_wh += self.power() * self.options.meter_interval / 3600
-
-    def current(self) -> float:
-        if self.transaction_id is None:
-            return 0.0
-        limit = self.options.max_current if self.limit_amps is None else self.limit_amps
-        return max(0.0, min(self.options.max_current, limit))
-
-    def power(self) -> float:
-        return self.current() * self.options.voltage * self.conductors()
-
-    def conductors(self) -> int:
-        """Phases an AC charger draws on; a DC station has one current and one voltage."""
-        return 1 if self.options.dc else self.options.phases
 
     def sampled_values(self) -> list[dict[str, Any]]:
         o = self.options

@@ -182,19 +182,6 @@ class SimulatedStation(RecordsCalls, _OcppChargePoint):
         else:
             await self.call(call.MeterValues(evse_id=evse, meter_value=[{"timestamp": _now(), "sampled_value": self.sampled_values("Sample.Periodic")}]))
 
-    def current(self) -> float:
-        if self.transaction_id is None:
-            return 0.0
-        limit = self.options.max_current if self.limit_amps is None else self.limit_amps
-        return max(0.0, min(self.options.max_current, limit))
-
-    def power(self) -> float:
-        return self.current() * self.options.voltage * self.conductors()
-
-    def conductors(self) -> int:
-        """Phases an AC station draws on; a DC station has one current and one voltage."""
-        return 1 if getattr(self.options, "dc", False) else self.options.phases
-
     def sampled_values(self, context: str) -> list[dict[str, Any]]:
         o = self.options
         amps = self.current()
