@@ -16,7 +16,7 @@ from .app import event_loop_factory, run
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ocpp-addon", description="OCPP 1.6J central system bridged to MQTT and Home Assistant")
+    parser = argparse.ArgumentParser(prog="ocpp-addon", description="OCPP 1.6J and 2.0.1 central system bridged to MQTT and Home Assistant")
     parser.add_argument("--config", "-c", help="YAML config file (default: built-in defaults + environment)")
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -11,12 +11,16 @@ differs is translated by the pure functions of :mod:`ocpp201`:
 - transactions are the station's (TransactionEvent Started/Updated/Ended, string ids), and their
   meter values arrive inside TransactionEvent;
 - capabilities come from the device model (GetVariables: SmartChargingCtrlr, SampledDataCtrlr,
-  each EVSE's SupplyPhases), not GetConfiguration.
+  each EVSE's SupplyPhases), not GetConfiguration; the chargers page's configuration list is the
+  device model's full report (GetBaseReport, NotifyReport) and a change is a SetVariables.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +31,7 @@ from ocpp.v201.enums import Action
 
 from . import ocpp201, validation
 from .charge_point import ChargePoint, InvalidResponse, _camel, camel_keys
+from .results import Status
 from .state import parse_timestamp, utc_now_iso
 
 _LOGGER = logging.getLogger(__name__)
@@ -58,7 +63,10 @@ class ChargePoint201(ChargePoint):
         self._connector_status: dict[int, str] = {}  # EVSE -> 2.0.1 connector status
         self._charging_state: dict[int, str | None] = {}  # EVSE -> charging state of its transaction
         self._ended: set[int] = set()  # EVSEs whose transaction ended with the cable still in
-        self._report: list[ocpp201.Row] = []
+        self._reports: dict[int, list[Any]] = {}  # requestId -> reportData items so far (tbc)
+        self._report_waiters: dict[int, asyncio.Future[list[Any]]] = {}
+        self._request_ids = itertools.count(int(time.time()) % 1_000_000_000)  # not reused across reconnects
+        self.device_model: dict[str, ocpp201.DeviceVariable] = {}  # the last full report, by key
 
     def repaired_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         return None  # the lenient repairs known are 1.6 firmware quirks
@@ -178,10 +186,17 @@ class ChargePoint201(ChargePoint):
 
     @on(Action.notify_report)
     def on_notify_report(self, request_id: int, generated_at: str, seq_no: int, **kwargs: Any) -> Any:
-        self._report.extend(ocpp201.report_rows(camel_keys(kwargs.get("report_data") or [])))
+        items = self._reports.setdefault(request_id, [])
+        while len(self._reports) > 4:  # unfinished reports of ids nobody asked for: keep the newest few
+            self._reports.pop(next(iter(self._reports)))
+        room = ocpp201.MAX_REPORT_ITEMS - len(items)
+        items.extend(camel_keys(kwargs.get("report_data") or [])[:max(room, 0)])
         if not kwargs.get("tbc"):
-            self._learn(self._report, complete=True)
-            self._report = []
+            del self._reports[request_id]
+            self._learn(list(ocpp201.report_rows(items)), complete=True)
+            waiter = self._report_waiters.get(request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(items)
         return call_result.NotifyReport()
 
     @on(Action.notify_event)
@@ -311,12 +326,52 @@ class ChargePoint201(ChargePoint):
         return {"command": "change_availability", "type": kind, "connector_id": connector_id, **outcome}
 
     async def execute_get_configuration(self, keys: list[str] | None = None) -> dict[str, Any]:
-        return {"command": "get_configuration", "status": "NotSupported",
-                "reason": "an OCPP 2.0.1 station has a device model (GetVariables), not configuration keys"}
+        """The device model in GetConfiguration's shape: GetBaseReport(FullInventory), then its NotifyReports.
+
+        Each variable becomes a key (:func:`ocpp201.variable_key`) with its Actual value and whether it
+        is ReadOnly, so the chargers page lists a 2.0.1 station as it lists a 1.6 charger.
+        """
+        request_id = next(self._request_ids)
+        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._report_waiters[request_id] = waiter
+        try:
+            outcome = await self.call_status(call.GetBaseReport(request_id=request_id, report_base="FullInventory"))
+            if outcome["status"] != Status.ACCEPTED:
+                return {"command": "get_configuration", **outcome}
+            wait = 3 * self._response_timeout
+            try:
+                items = await asyncio.wait_for(waiter, wait)
+            except asyncio.TimeoutError:
+                _LOGGER.warning("%s: GetBaseReport accepted, but no complete NotifyReport within %g s", self.id, wait)
+                return {"command": "get_configuration", "status": Status.TIMEOUT,
+                        "reason": f"the station accepted GetBaseReport but sent no complete report within {wait:g} s"}
+        finally:
+            self._report_waiters.pop(request_id, None)
+        self.device_model = ocpp201.device_variables(items)
+        wanted = set(keys) if keys else None
+        listed = [v for v in self.device_model.values() if wanted is None or v.key in wanted]
+        response: dict[str, Any] = {"configurationKey": [{"key": v.key, "readonly": v.readonly, "value": v.value} for v in listed]}
+        if wanted is not None and wanted - self.device_model.keys():
+            response["unknownKey"] = sorted(wanted - self.device_model.keys())
+        return {"command": "get_configuration", "status": Status.ACCEPTED, "response": response}
 
     async def execute_change_configuration(self, key: str, value: str) -> dict[str, Any]:
-        return {"command": "change_configuration", "key": key, "status": "NotSupported",
-                "reason": "an OCPP 2.0.1 station has a device model (SetVariables), not configuration keys"}
+        """SetVariables for a key of the last report; the answer in ChangeConfiguration's statuses."""
+        target = self.device_model.get(key)
+        if target is None:
+            return {"command": "change_configuration", "key": key, "status": Status.NOT_SUPPORTED,
+                    "reason": "not a variable of the station's last device-model report (read the configuration first)"}
+        outcome = await self.call_status(call.SetVariables(set_variable_data=[
+            {"component": target.component, "variable": target.variable, "attribute_value": value}]))
+        results = outcome.get("response", {}).get("setVariableResult") or []
+        if outcome["status"] != Status.ACCEPTED or not results or not isinstance(results[0], dict):
+            return {"command": "change_configuration", "key": key, **outcome}
+        answer = str(results[0].get("attributeStatus"))
+        result: dict[str, Any] = {"command": "change_configuration", "key": key,
+                                  "status": ocpp201.SET_VARIABLE_STATUS.get(answer, Status.REJECTED)}
+        if answer != result["status"]:
+            result["reason"] = f"the station answered {answer}"
+        return result
 
     async def execute_get_composite_schedule(self, connector_id: int = 0, duration: int = 3600, unit: str | None = None) -> dict[str, Any]:
         outcome = await self.call_status(call.GetCompositeSchedule(evse_id=connector_id, duration=duration, charging_rate_unit=unit))

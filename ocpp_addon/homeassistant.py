@@ -145,6 +145,12 @@ def device_discovery(state: ChargerState, config: Mapping[str, Any]) -> dict[str
     }
 
 
+def bridge_model(config: Mapping[str, Any]) -> str:
+    """The bridge device's model: the OCPP versions this instance speaks (``ocpp.versions``), e.g. "OCPP 2.0.1 and 1.6J central system"."""
+    names = {"1.6": "1.6J", "2.0.1": "2.0.1"}
+    return "OCPP " + " and ".join(names.get(v, v) for v in config["ocpp"]["versions"]) + " central system"
+
+
 def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
     ident = bridge_id(config)
     instance = config.get("instance_id")
@@ -163,7 +169,7 @@ def bridge_discovery(config: Mapping[str, Any]) -> dict[str, Any]:
                              "json_attributes_template": "{{ {'reason': value_json.problem} | tojson }}"}
     return {
         "device": {"identifiers": [ident], "name": f"OCPP bridge {instance}" if instance else "OCPP bridge",
-                   "manufacturer": "ocpp_addon", "model": "OCPP 1.6J central system", "sw_version": __version__},
+                   "manufacturer": "ocpp_addon", "model": bridge_model(config), "sw_version": __version__},
         "origin": ORIGIN,
         "state_topic": bridge_topic(config, "info"),
         "availability": [{"topic": bridge_topic(config)}],

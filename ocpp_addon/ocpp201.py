@@ -17,6 +17,7 @@ differs in 2.0.1 is translated here, in both directions, so one set of rules ser
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
@@ -165,6 +166,78 @@ def variable_rows(get_variable_result: Any) -> Iterator[Row]:
         if isinstance(item, Mapping) and item.get("attributeStatus") == "Accepted" and isinstance(item.get("attributeValue"), str):
             component, variable = item.get("component") or {}, item.get("variable") or {}
             yield component.get("name", ""), (component.get("evse") or {}).get("id"), variable.get("name", ""), item["attributeValue"]
+
+
+# -- the device model as configuration keys (the chargers page) --------------------------------
+
+# A key names one variable: ``Component[instance]@evse/connector.Variable[instance]``, parts absent when
+# absent. Names are OCPP identifierStrings (letters, digits, * - _ = : + | @ .); a key that would hold
+# anything else, or run longer than a page may send back, is not offered.
+KEY_RE = re.compile(r"[A-Za-z0-9*\-_=:+|@.\[\]/]{1,160}", re.ASCII)
+_NAME_RE = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,50}", re.ASCII)
+MAX_REPORT_ITEMS = 5000  # a station's whole device model; a larger report is cut here, not kept growing
+
+
+@dataclass(frozen=True)
+class DeviceVariable:
+    """One variable of a station's device model, as the chargers page lists it and SetVariables names it."""
+
+    key: str
+    component: dict[str, Any]  # camelCase, as OCPP sends it back in SetVariables
+    variable: dict[str, Any]
+    value: str | None  # the Actual attribute's value; None when the station did not report one
+    readonly: bool
+
+
+def variable_key(component: Mapping[str, Any], variable: Mapping[str, Any]) -> str | None:
+    """The key a page shows for one component/variable pair, or None when a part is not an identifierString."""
+    parts = [component.get("name"), component.get("instance"), variable.get("name"), variable.get("instance")]
+    evse = component.get("evse") if isinstance(component.get("evse"), Mapping) else None
+    if not all(p is None or (isinstance(p, str) and _NAME_RE.fullmatch(p)) for p in parts) or parts[0] is None or parts[2] is None:
+        return None
+    key = str(component["name"]) + (f"[{component['instance']}]" if component.get("instance") is not None else "")
+    if evse is not None:
+        evse_id, connector = evse.get("id"), evse.get("connectorId")
+        if type(evse_id) is not int or (connector is not None and type(connector) is not int):
+            return None
+        key += f"@{evse_id}" + (f"/{connector}" if connector is not None else "")
+    key += "." + str(variable["name"]) + (f"[{variable['instance']}]" if variable.get("instance") is not None else "")
+    return key if KEY_RE.fullmatch(key) else None
+
+
+def device_variables(report_data: Iterable[Any]) -> dict[str, DeviceVariable]:
+    """NotifyReport ``reportData`` items (camelCase) -> the station's variables by key.
+
+    Only the names a key is made of are kept from the station's component and variable, so a
+    SetVariables built from them carries nothing else the station sent.
+    """
+    out: dict[str, DeviceVariable] = {}
+    for item in report_data:
+        if not isinstance(item, Mapping) or not isinstance(item.get("component"), Mapping) or not isinstance(item.get("variable"), Mapping):
+            continue
+        key = variable_key(item["component"], item["variable"])
+        if key is None:
+            continue
+        attributes = [a for a in item.get("variableAttribute") or [] if isinstance(a, Mapping)]
+        actual = next((a for a in attributes if a.get("type", "Actual") == "Actual"), None)
+        if actual is None:
+            continue  # only Target/MinSet/MaxSet: not what a configuration list shows
+        component = {k: item["component"][k] for k in ("name", "instance") if item["component"].get(k) is not None}
+        evse = item["component"].get("evse")
+        if isinstance(evse, Mapping):
+            component["evse"] = {k: evse[k] for k in ("id", "connectorId") if evse.get(k) is not None}
+        variable = {k: item["variable"][k] for k in ("name", "instance") if item["variable"].get(k) is not None}
+        value = actual.get("value")
+        out[key] = DeviceVariable(key=key, component=component, variable=variable,
+                                  value=value if isinstance(value, str) else None,
+                                  readonly=actual.get("mutability", "ReadWrite") == "ReadOnly")
+    return out
+
+
+# 2.0.1 SetVariableStatus -> the 1.6 ChangeConfiguration status the page and MQTT already know.
+SET_VARIABLE_STATUS = {"Accepted": "Accepted", "Rejected": "Rejected", "RebootRequired": "RebootRequired",
+                       "UnknownComponent": "NotSupported", "UnknownVariable": "NotSupported",
+                       "NotSupportedAttributeType": "NotSupported"}
 
 
 # What we ask GetVariables for when a station answers GetBaseReport with NotSupported or sends nothing.

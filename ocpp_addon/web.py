@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from . import __version__
+from . import __version__, ocpp201
 from .auth import PagePassword
 from .entities import state_values
 from .homeassistant import COMMANDS
@@ -404,9 +404,12 @@ class WebSink:
             self._spawn(self._get_configuration(client, cid))
         elif kind == "change_configuration":
             key, value = data.get("key"), data.get("value")
-            if not isinstance(key, str) or _CONFIG_KEY_RE.fullmatch(key) is None or not isinstance(value, str) or len(value) > 500:
+            v201 = getattr(self.hub.connected.get(cid), "ocpp_version", None) == "2.0.1"
+            pattern, rule = (ocpp201.KEY_RE, "a device-model key (up to 160 of A-Z a-z 0-9 * - _ = : + | @ . [ ] /)") if v201 else \
+                (_CONFIG_KEY_RE, "a key (up to 50 letters, digits, . _ : -)")
+            if not isinstance(key, str) or pattern.fullmatch(key) is None or not isinstance(value, str) or len(value) > 500:
                 client.send({"type": "result", "id": cid, "result": {"command": "change_configuration", "status": "Invalid",
-                                                                     "reason": "a key (up to 50 letters, digits, . _ : -) and a value of up to 500 characters"}})
+                                                                     "reason": f"{rule} and a value of up to 500 characters"}})
                 return
             self._spawn(self.hub.command(cid, "change_configuration", key=key, value=value))
         else:

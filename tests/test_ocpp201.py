@@ -128,3 +128,40 @@ def test_a_txprofile_without_the_stations_transaction_id_is_refused() -> None:
     request_16 = build_set_charging_profile(10, "A", {**TEMPLATE, "purpose": "TxProfile", "connector_id": 1}, transaction_id=1)
     with pytest.raises(ValueError):
         ocpp201.set_charging_profile_request(request_16)
+
+
+def test_device_model_keys_name_every_part_and_only_identifier_strings() -> None:
+    key = ocpp201.variable_key
+    assert key({"name": "SampledDataCtrlr"}, {"name": "TxUpdatedInterval"}) == "SampledDataCtrlr.TxUpdatedInterval"
+    assert key({"name": "EVSE", "evse": {"id": 2}}, {"name": "SupplyPhases"}) == "EVSE@2.SupplyPhases"
+    assert key({"name": "Connector", "evse": {"id": 1, "connectorId": 2}}, {"name": "ConnectorType"}) == "Connector@1/2.ConnectorType"
+    assert key({"name": "OCPPCommCtrlr", "instance": "Main"}, {"name": "MessageTimeout", "instance": "Default"}) == \
+        "OCPPCommCtrlr[Main].MessageTimeout[Default]"
+    # A vendor string that is not an identifierString (spaces, markup, quotes, too long) is not offered as a key.
+    for component, variable in (({"name": "Meter Ctrl"}, {"name": "X"}), ({"name": "<b>"}, {"name": "X"}),
+                                ({"name": "A"}, {"name": "x\"y"}), ({"name": "A" * 51}, {"name": "X"}),
+                                ({"name": "EVSE", "evse": {"id": "1"}}, {"name": "X"}), ({"name": 5}, {"name": "X"})):
+        assert key(component, variable) is None
+
+
+def test_the_simulators_full_report_becomes_keys_with_values_and_mutability() -> None:
+    sim = SimulatedStation("station-1", connection=None, options=SimOptions(connectors=2, phases=1))
+    report = [json.loads(json.dumps(snake_to_camel_case(row))) for row in sim.report_data()]
+    variables = ocpp201.device_variables(report + ["junk", {"component": {"name": "X"}}])
+    assert len(variables) == len(sim.device_model)
+    interval = variables["SampledDataCtrlr.TxUpdatedInterval"]
+    assert (interval.value, interval.readonly) == (str(int(sim.options.meter_interval)), False)
+    phases = variables["EVSE@2.SupplyPhases"]
+    assert (phases.value, phases.readonly, phases.component) == ("1", True, {"name": "EVSE", "evse": {"id": 2}})
+
+
+def test_only_the_names_the_station_sent_go_back_in_set_variables() -> None:
+    item = {"component": {"name": "EVSE", "evse": {"id": 1, "connectorId": 1, "extra": "x"}, "customData": {"vendorId": "v"}},
+            "variable": {"name": "Power", "customData": {"vendorId": "v"}},
+            "variableAttribute": [{"type": "Target", "value": "1"}, {"type": "Actual", "value": "7400", "mutability": "ReadOnly"}]}
+    only_target = {"component": {"name": "A"}, "variable": {"name": "B"}, "variableAttribute": [{"type": "MaxSet", "value": "3"}]}
+    variables = ocpp201.device_variables([item, only_target])
+    assert list(variables) == ["EVSE@1/1.Power"]
+    power = variables["EVSE@1/1.Power"]
+    assert power.component == {"name": "EVSE", "evse": {"id": 1, "connectorId": 1}} and power.variable == {"name": "Power"}
+    assert (power.value, power.readonly) == ("7400", True)

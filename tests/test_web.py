@@ -331,3 +331,43 @@ async def test_results_for_ids_that_never_connected_are_not_kept(
         probe.publish(f"ocpp/ghost-{n}/charging_limit/set", "10")
     await probe.wait_json("ocpp/ghost-19/event", lambda d: d["status"] == "UnknownCharger", since=mark)
     assert svc.app.web._extra == {}
+
+
+async def test_a_2_0_1_stations_device_model_is_listed_and_changed_through_set_variables(
+        service_factory: Callable[..., Any], proxy_client: aiohttp.ClientSession, probe: MqttProbe) -> None:
+    """The page's configuration list for a 2.0.1 station: its full report, ReadOnly marked; a change is a SetVariables."""
+    svc = await service_factory(web=web_section())
+    sim = await svc.charger("station-1", ocpp="2.0.1", connectors=2)
+    async with proxy_client.ws_connect(base_url(svc).replace("http", "ws") + "/ws") as ws:
+        sock = PageSocket(ws)
+        await sock.wait(lambda m: m["type"] == "hello")
+        await sock.send({"type": "get_configuration", "id": "station-1"})
+        answer = await sock.wait(lambda m: m["type"] == "configuration")
+        assert answer["status"] == "Accepted"
+        report = sim.calls("GetBaseReport")[-1]
+        assert report["reportBase"] == "FullInventory"
+        listed = {k["key"]: k for k in answer["keys"]}
+        assert len(listed) == len(sim.device_model)  # the simulator reports in chunks of 8: all of them arrived
+        assert listed["SampledDataCtrlr.TxUpdatedInterval"] == {"key": "SampledDataCtrlr.TxUpdatedInterval", "readonly": False,
+                                                                "value": sim.device_model[("SampledDataCtrlr", None, "TxUpdatedInterval")].value}
+        assert listed["EVSE@2.SupplyPhases"]["readonly"] is True
+
+        async def change(key: str, value: str) -> dict[str, Any]:
+            mark = sock.mark()
+            await sock.send({"type": "change_configuration", "id": "station-1", "key": key, "value": value})
+            message = await sock.wait(lambda m: m["type"] == "result" and m["result"]["command"] == "change_configuration", since=mark)
+            return dict(message["result"])
+
+        assert (await change("OCPPCommCtrlr.HeartbeatInterval", "120"))["status"] == "Accepted"
+        assert sim.device_model[("OCPPCommCtrlr", None, "HeartbeatInterval")].value == "120"
+        sent = sim.calls("SetVariables")[-1]["setVariableData"][0]
+        assert (sent["component"], sent["variable"], sent["attributeValue"]) == ({"name": "OCPPCommCtrlr"}, {"name": "HeartbeatInterval"}, "120")
+        refused = await change("EVSE@2.SupplyPhases", "1")
+        assert refused["status"] == "Rejected"
+        assert sim.calls("SetVariables")[-1]["setVariableData"][0]["component"] == {"name": "EVSE", "evse": {"id": 2}}
+        calls = len(sim.received)
+        unknown = await change("EVSE@9.SupplyPhases", "1")  # not in the report: not sent to the station
+        assert unknown["status"] == "NotSupported" and "read the configuration first" in unknown["reason"]
+        invalid = await change("EVSE@1.Supply Phases", "1")
+        assert invalid["status"] == "Invalid" and "device-model key" in invalid["reason"]
+        assert len(sim.received) == calls

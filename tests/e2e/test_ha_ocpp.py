@@ -301,7 +301,7 @@ async def test_every_announced_entity_is_in_home_assistant(rig: Rig, e2e_report:
     bridge = devices.get(("mqtt", rig.bridge))
     assert bridge is not None, "no 'OCPP bridge' device in HA's device registry"
     assert (bridge["name"], bridge["manufacturer"], bridge["model"], bridge["sw_version"]) == (
-        "OCPP bridge", "ocpp_addon", "OCPP 1.6J central system", __version__)
+        "OCPP bridge", "ocpp_addon", "OCPP 2.0.1 and 1.6J central system", __version__)
     for cid, options in CHARGERS.items():  # BootNotification -> device registry
         device = devices.get(("mqtt", f"ocpp_{cid}"))
         assert device is not None, f"no device for {cid} in HA's device registry"
