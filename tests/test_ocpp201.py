@@ -165,3 +165,21 @@ def test_only_the_names_the_station_sent_go_back_in_set_variables() -> None:
     power = variables["EVSE@1/1.Power"]
     assert power.component == {"name": "EVSE", "evse": {"id": 1, "connectorId": 1}} and power.variable == {"name": "Power"}
     assert (power.value, power.readonly) == ("7400", True)
+
+
+def _corpus_payloads(vendor: str, action: str) -> list[dict[str, Any]]:
+    path = Path(__file__).parent / "data" / "charger-traces-201" / "frames.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    frames = [line.get("frame") or line.get("reconstructed_frame") for line in lines
+              if line["vendor"] == vendor and line["action"] == action and line["direction"] == "cp->cs"]
+    return [frame[3] for frame in frames if frame]
+
+
+def test_keba_signed_kwh_repeats_and_plus_0000_offsets_read_as_the_wh_register() -> None:
+    """KEBA P30 (m-hegele/notes): the register in Wh, then again OCMF-signed in kWh without a unit, '+0000' stamps."""
+    started, ended = (ocpp201.parse_transaction_event(p) for p in _corpus_payloads("KEBA", "TransactionEvent"))
+    assert started.readings["energy"] == pytest.approx(2114.1356)  # 2,114,135.6 Wh, no unit given: Wh by default
+    assert started.sampled_at == datetime(2025, 8, 21, 7, 3, 36, 481000, tzinfo=timezone.utc)
+    # Not the signed 2133.8543 (kWh, read as Wh: 2.13 kWh), not a sum: the newest Wh register.
+    assert ended.readings["energy"] == pytest.approx(2133.8543)
+    assert (ended.event_type, ended.stopped_reason, ended.transaction_id) == ("Ended", "EVDisconnected", "SERIAL-1250821070333100549825004")
