@@ -129,7 +129,7 @@ class ChargePoint201(ChargePoint):
         if update.event_type == "Started" or (connector.transaction_id != update.transaction_id and update.event_type == "Updated"):
             # An Updated for a transaction we have not seen start (we were down): adopt it.
             connector.transaction_id = update.transaction_id  # type: ignore[assignment]  # 2.0.1 ids are strings
-            connector.id_tag = update.id_token
+            connector.id_tag = update.id_token or None
             connector.session_start = parse_timestamp(kwargs.get("timestamp")) or datetime.now(timezone.utc)
             energy = update.readings.get("energy")
             connector.meter_start = energy * 1000 if energy is not None else None
@@ -161,8 +161,8 @@ class ChargePoint201(ChargePoint):
             self.hub.state_changed(self.state, changed)
         self._show_status(evse_id)
         answer: dict[str, Any] = {}
-        if update.id_token:
-            answer["id_token_info"] = self._id_token_info(update.id_token)
+        if update.id_token is not None:  # required whenever the request carried an idToken, the empty one too
+            answer["id_token_info"] = self._id_token_info(update.id_token, update.id_token_type)
         return call_result.TransactionEvent(**answer)
 
     @after(Action.transaction_event)
@@ -173,7 +173,9 @@ class ChargePoint201(ChargePoint):
     def _evse_of(self, transaction_id: str) -> int | None:
         return next((evse for evse, c in self.state.connectors.items() if c.transaction_id == transaction_id), None)  # type: ignore[comparison-overlap]
 
-    def _id_token_info(self, id_token: str) -> dict[str, Any]:
+    def _id_token_info(self, id_token: str, token_type: str | None = None) -> dict[str, Any]:
+        if token_type == "NoAuthorization":
+            return {"status": "Accepted"}  # C02.FR.02: a start button; there is no one to look up
         info = self._id_tag_info(id_token)  # the same allow list as 1.6 id tags
         out: dict[str, Any] = {"status": str(info["status"])}
         if info.get("expiry_date"):
@@ -182,7 +184,7 @@ class ChargePoint201(ChargePoint):
 
     @on(Action.authorize)
     def on_authorize(self, id_token: dict[str, Any], **kwargs: Any) -> Any:  # type: ignore[override]
-        return call_result.Authorize(id_token_info=self._id_token_info(id_token.get("id_token", "")))
+        return call_result.Authorize(id_token_info=self._id_token_info(id_token.get("id_token", ""), id_token.get("type")))
 
     @on(Action.notify_report)
     def on_notify_report(self, request_id: int, generated_at: str, seq_no: int, **kwargs: Any) -> Any:

@@ -112,7 +112,8 @@ class TransactionUpdate:
     connector_id: int | None
     charging_state: str | None
     stopped_reason: str | None
-    id_token: str | None
+    id_token: str | None  # None: no idToken sent; "" is the NoAuthorization token (use case C02, a start button)
+    id_token_type: str | None
     offline: bool
     readings: dict[str, float] = field(default_factory=dict)
     sampled_at: datetime | None = None
@@ -135,6 +136,7 @@ def parse_transaction_event(payload: Mapping[str, Any], newer_than: datetime | N
         charging_state=info.get("chargingState"),
         stopped_reason=info.get("stoppedReason"),
         id_token=token.get("idToken"),
+        id_token_type=token.get("type"),
         offline=bool(payload.get("offline")),
         readings=values,
         sampled_at=newest,

@@ -191,8 +191,32 @@ async def test_real_stations_frames_are_answered_and_the_connection_kept(service
     # Every frame of the corpus passes the 2.0.1 schemas (the ones marked non-compliant break only the
     # RFC 3339 rule the library does not check): each gets a CALLRESULT.
     assert answer[0] == 3, answer
+    if frame[2] == "TransactionEvent" and "idToken" in frame[3]:
+        # idTokenInfo is required whenever the request carried an idToken, the empty NoAuthorization one too.
+        assert "idTokenInfo" in answer[2], answer
     alive = await exchange(ws, [2, "h", "Heartbeat", {}])
     assert alive[0] == 3
+    await ws.close()
+
+
+async def test_a_start_button_transaction_is_accepted_under_an_allow_list(service_factory: Any) -> None:
+    """Use case C02 (lorenzodonini/ocpp-go#223): a station started by a button sends idToken "" of type
+    NoAuthorization. The CSMS SHALL answer idTokenInfo Accepted (C02.FR.02) whatever its allow list says:
+    there is no one to look up, and an Invalid answer makes the station stop the session."""
+    service = await service_factory(authorization={"mode": "allow_list", "id_tags": [{"id_tag": "CARD1"}]})
+    ws = await websockets.connect(f"{service.url}/button-1", subprotocols=["ocpp2.0.1"])
+    boot = await exchange(ws, [2, "b", "BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}])
+    assert boot[2]["status"] == "Accepted"
+    started = {"eventType": "Started", "timestamp": "2023-09-11T02:55:05.407Z", "triggerReason": "CablePluggedIn", "seqNo": 0,
+               "transactionInfo": {"transactionId": "318a67d6", "chargingState": "EVConnected"}, "evse": {"id": 1, "connectorId": 1},
+               "idToken": {"idToken": "", "type": "NoAuthorization"}}
+    answer = await exchange(ws, [2, "t1", "TransactionEvent", started])
+    assert answer[0] == 3 and answer[2]["idTokenInfo"]["status"] == "Accepted"
+    authorize = await exchange(ws, [2, "a1", "Authorize", {"idToken": {"idToken": "", "type": "NoAuthorization"}}])
+    assert authorize[2]["idTokenInfo"]["status"] == "Accepted"
+    # A real token still goes through the allow list.
+    stranger = await exchange(ws, [2, "a2", "Authorize", {"idToken": {"idToken": "STRANGER", "type": "ISO14443"}}])
+    assert stranger[2]["idTokenInfo"]["status"] == "Invalid"
     await ws.close()
 
 
