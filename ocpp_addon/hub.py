@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
 
-from .limits import Applied, LimitController, shown
+from .limits import Applied, LimitController, Supply, shown
 from .results import FINAL_REFUSALS, Status
 from .state import ChargerState
 from .store import Store
@@ -92,6 +92,7 @@ class Hub:
                 requested_unit=saved.get("requested_unit"),
                 applied=applied,
                 strategy=saved.get("strategy"),
+                supply=Supply(**saved["supply"]) if saved.get("supply") else None,
             )
 
     # -- wiring -----------------------------------------------------------------
@@ -142,6 +143,12 @@ class Hub:
             task.cancel()
         self.emit(Event(DISCONNECTED, cp.id, cp.state))
         self.limit(cp.id).disconnected()
+
+    def supply_learned(self, cp: ChargePoint) -> None:
+        """Kept on disk, so that after a restart a setpoint is converted for the supply the charger proved, not the config's."""
+        supply = cp.state.supply
+        if supply is not None:
+            self.store.update_charger(cp.id, supply={"dc": supply.dc, "phases": supply.phases, "voltage": supply.voltage})
 
     def charger_booted(self, cp: ChargePoint) -> None:
         s = cp.state

@@ -263,7 +263,7 @@ class ChargerState:
     requested_limit: float | None = None  # what the user asked for last, in their unit
     requested_unit: str | None = None
     applied: Applied | None = None
-    supply: Supply | None = None  # phases/voltage/DC its readings proved (limits.learn_supply); kept while we run
+    supply: Supply | None = None  # phases/voltage/DC its readings proved (limits.learn_supply); kept on disk (store)
     effective_limit: float | None = None  # what GetCompositeSchedule says the charger enforces
     effective_limit_unit: str | None = None
     capabilities: dict[str, Any] = field(default_factory=dict)

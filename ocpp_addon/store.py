@@ -70,6 +70,11 @@ _APPLIED = vol.Schema({
     vol.Required("phases"): vol.All(int, vol.Range(min=1, max=3)),
     vol.Optional("reason"): vol.Any(None, _text),
 })
+_SUPPLY = vol.Schema({  # limits.Supply: what the charger's readings proved
+    vol.Required("dc"): bool,
+    vol.Required("phases"): vol.All(int, vol.Range(min=1, max=3)),
+    vol.Required("voltage"): vol.All(_finite_number, vol.Range(min=50, max=1000)),
+})
 CHARGER_SCHEMA = vol.Schema({
     vol.Optional("vendor"): vol.Any(None, _text),
     vol.Optional("model"): vol.Any(None, _text),
@@ -83,6 +88,7 @@ CHARGER_SCHEMA = vol.Schema({
     vol.Optional("applied"): vol.Any(None, _APPLIED),
     # what worked, or {"unsupported": True} after a whole ladder of NotSupported
     vol.Optional("strategy"): vol.Any(None, _STRATEGY, vol.Schema({vol.Required("unsupported"): True})),
+    vol.Optional("supply"): vol.Any(None, _SUPPLY),
 }, extra=vol.REMOVE_EXTRA)  # keys of newer versions are dropped, not fatal
 
 

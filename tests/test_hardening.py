@@ -272,12 +272,16 @@ def test_bad_charger_entries_are_dropped_one_by_one() -> None:
         "negative": {"charging_limit": -3},
         "bad-unit": {"requested_unit": "kW"},
         "bad-strategy": {"strategy": {"purpose": "Nope"}},
+        "four-phases": {"supply": {"dc": False, "phases": 4, "voltage": 230}},
+        "string-dc": {"supply": {"dc": "yes", "phases": 1, "voltage": 230}},
         "LF1\n": {},
         "not-an-object": 7,
+        "supply-ok": {"supply": {"dc": True, "phases": 1, "voltage": 400}},
     }, "next_transaction_id": 42}).encode()
     state, warnings = parse_state(raw)
-    assert set(state["chargers"]) == {"ok"} and state["next_transaction_id"] == 42
-    assert len(warnings) == 6 and all("dropped charger" in w for w in warnings)
+    assert set(state["chargers"]) == {"ok", "supply-ok"} and state["next_transaction_id"] == 42
+    assert state["chargers"]["supply-ok"]["supply"] == {"dc": True, "phases": 1, "voltage": 400.0}
+    assert len(warnings) == 8 and all("dropped charger" in w for w in warnings)
     with pytest.raises(StateFileError):  # NaN in a limit: Python's json would read it, JSON does not have it
         parse_state(b'{"chargers": {"cp": {"requested_limit": NaN}}}')
 

@@ -248,6 +248,37 @@ async def test_a_per_charger_override_says_what_the_charger_cannot(service_facto
     assert state["charging_limit"] == 10
 
 
+async def test_what_the_readings_proved_survives_a_restart(broker: Any, probe: MqttProbe, tmp_path: Any) -> None:
+    """After a restart, before the charger charges again, a setpoint is converted for the supply it proved, not the config's."""
+    from .conftest import make_config
+
+    first = Service(make_config(broker.port, tmp_path))
+    await first.start()
+    try:
+        sim = await first.charger("wallbox-1", phases=1, allowed_units=("W",))
+        await sim.wait_for_call("GetConfiguration")
+        await _readings(sim, probe, "current")
+        proved = first.app.hub.states["wallbox-1"].supply
+        assert proved is not None and (proved.dc, proved.phases) == (False, 1)
+    finally:
+        await first.stop()
+    stored = json.loads((tmp_path / "data" / "state.json").read_text())["chargers"]["wallbox-1"]["supply"]
+    assert stored == {"dc": False, "phases": 1, "voltage": proved.voltage}
+    second = Service(make_config(broker.port, tmp_path))
+    await second.start()
+    try:
+        again = await second.charger("wallbox-1", phases=1, allowed_units=("W",))
+        await again.wait_for_call("GetConfiguration")
+        assert second.app.hub.states["wallbox-1"].readings == {}  # nothing measured in this run
+        mark = probe.mark()
+        probe.publish(LIMIT_SET, "16")
+        result = await _limit_result(probe, mark)
+        assert result["status"] == "Accepted" and "measured" in result["electrical"]
+        assert abs(_limit(again.calls("SetChargingProfile")[-1]) - 16 * proved.voltage) <= 0.1  # one phase, not 11,040 W
+    finally:
+        await second.stop()
+
+
 def test_per_charger_overrides_are_checked_and_errors_name_key_value_and_allowed() -> None:
     import pytest
 
