@@ -239,8 +239,13 @@ class WebSink:
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         refusal = await self._refusal(request)
         if refusal is not None:
+            refusal.headers.update(_SECURITY_HEADERS)  # refusals too: a 401/403 page is a page a browser renders
             return refusal
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as err:  # 404 and friends
+            err.headers.update(_SECURITY_HEADERS)
+            raise
         response.headers.update(_SECURITY_HEADERS)
         return response
 

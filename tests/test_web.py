@@ -137,6 +137,7 @@ async def test_only_the_ingress_proxy_is_let_in_and_every_url_follows_x_ingress_
     for path in ("/", "/ws", "/static/app.js") * 10:
         async with stranger.get(base_url(svc) + path) as response:
             assert response.status == 403, path
+            assert response.headers["X-Content-Type-Options"] == "nosniff", path  # refusals carry the page's headers too
     # Each refusal is logged, but a stranger hammering the port gets 10 lines a minute, not one per request.
     refusals = [r for r in caplog.records if "refused a request from 127.0.0.2" in r.getMessage()]
     assert len(refusals) == 10
@@ -152,7 +153,7 @@ async def test_only_the_ingress_proxy_is_let_in_and_every_url_follows_x_ingress_
     async with proxy_client.get(base_url(svc) + "/static/app.js") as response:
         assert response.status == 200 and response.content_type == "text/javascript"
     async with proxy_client.get(base_url(svc) + "/static/..%2fweb.py") as response:
-        assert response.status == 404
+        assert response.status == 404 and response.headers["Content-Security-Policy"].startswith("default-src 'none'")
 
 
 async def test_standalone_asks_for_the_password_and_refuses_other_sites_websockets(
@@ -161,6 +162,7 @@ async def test_standalone_asks_for_the_password_and_refuses_other_sites_websocke
     url = base_url(svc)
     async with proxy_client.get(url + "/") as response:
         assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Basic")
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
     wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:guess").decode()}
     async with proxy_client.get(url + "/", headers=wrong) as response:
         assert response.status == 401
