@@ -314,6 +314,8 @@ class ChargePoint(_OcppChargePoint):
             _LOGGER.info("%s: accepted a non-compliant %s (lenient mode): %s", self.id, msg.action, _short(cause))
             msg.payload = fixed
         connector_id = msg.payload.get("connectorId", msg.payload.get("evseId"))
+        if connector_id is None and isinstance(msg.payload.get("evse"), dict):  # 2.0.1 TransactionEvent
+            connector_id = msg.payload["evse"].get("id")
         if isinstance(connector_id, int) and connector_id > self._max_connectors:
             # Every connector id becomes entities and state keys: a charger inventing thousands must not.
             self._warn("%s: %s for connector %d rejected: above ocpp.max_connectors (%d)", self.id, msg.action, connector_id, self._max_connectors)

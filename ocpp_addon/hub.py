@@ -196,6 +196,18 @@ class Hub:
             await asyncio.sleep(interval)
 
     def capabilities_learned(self, cp: ChargePoint) -> None:
+        """Both versions' capabilities pass here: the connector count is held to ``ocpp.max_connectors``.
+
+        Every connector becomes entities and is iterated per message; a charger claiming a billion
+        (NumberOfConnectors, or a device model listing thousands of EVSEs) must not get them.
+        """
+        caps, most = cp.state.capabilities, self.config["ocpp"]["max_connectors"]
+        count = caps.get("number_of_connectors")
+        if isinstance(count, int) and count > most:
+            _LOGGER.warning("%s: reports %d connectors; using the first %d (ocpp.max_connectors)", cp.id, count, most)
+            caps["number_of_connectors"] = most
+        if isinstance(caps.get("evse_ids"), list):
+            caps["evse_ids"] = [e for e in caps["evse_ids"] if e <= most]
         self.state_changed(cp.state, ("capabilities", "smart_charging"))
 
     def transaction_started(self, cp: ChargePoint) -> None:

@@ -60,6 +60,7 @@ class SimOptions:
     # Kinds of charger seen in the field (issue 12):
     dc: bool = False  # a DC station: one voltage (~400 V DC) and one current, no phases
     feature_profiles: str = "Core,FirmwareManagement,SmartCharging,RemoteTrigger"  # SupportedFeatureProfiles
+    configuration: dict[str, str] = field(default_factory=dict)  # GetConfiguration values reported as given (odd firmware)
 
     @property
     def smart_charging(self) -> bool:
@@ -294,6 +295,7 @@ class SimulatedCharger(RecordsCalls, _OcppChargePoint):
             "MeterValueSampleInterval": str(int(o.meter_interval)),
             "HeartbeatInterval": str(self.heartbeat_interval),
         }
+        config.update(o.configuration)
         config.update(self.changed_configuration)
         wanted = key or list(config)
         known = [{"key": k, "readonly": k in READ_ONLY_KEYS, "value": config[k]} for k in wanted if k in config]

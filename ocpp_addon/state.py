@@ -343,7 +343,7 @@ def parse_configuration(configuration_key: Any) -> dict[str, Any]:
         caps["smart_charging"] = any(p.lower() == "smartcharging" for p in profiles)
     for key, ours in _INT_KEYS.items():
         number = parse_number(raw.get(key)) if key in raw else None
-        if number is not None:
+        if number is not None and number == int(number) and number >= 0:  # counts and levels: whole, not negative
             caps[ours] = int(number)
     if "ChargingScheduleAllowedChargingRateUnit" in raw:
         units = {"current": "A", "a": "A", "power": "W", "w": "W"}

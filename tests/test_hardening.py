@@ -559,6 +559,40 @@ async def test_connector_id_1e400_and_a_thousand_connectors(service_factory: Any
     await ws.close()
 
 
+async def test_a_claimed_billion_connectors_is_held_to_max_connectors(service: Service, probe: MqttProbe,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """NumberOfConnectors from GetConfiguration: every connector is iterated per message and becomes entities."""
+    sim = await service.charger("wallbox-1", configuration={"NumberOfConnectors": "1000000000", "ChargeProfileMaxStackLevel": "-5"})
+    limit = service.config["ocpp"]["max_connectors"]
+    await probe.wait_json("ocpp/wallbox-1/state", lambda d: d["capabilities"].get("number_of_connectors") == limit)
+    caps = service.app.hub.states["wallbox-1"].capabilities
+    assert "max_stack_level" not in caps  # a negative level is not a level
+    assert "reports 1000000000 connectors; using the first 8" in caplog.text
+    mark = probe.mark()
+    await sim.send_meter_values()  # still served, at once: no billion-item connector list per message
+    await probe.wait_json("ocpp/wallbox-1/state", lambda d: d.get("power") is not None, since=mark)
+    discovery = probe.received("homeassistant/device/wallbox-1/config")[-1]
+    assert f'"unlock_{limit}"'.encode() in discovery and f'"unlock_{limit + 1}"'.encode() not in discovery
+
+
+async def test_a_2_0_1_transaction_on_an_evse_above_max_connectors_is_refused(service: Service) -> None:
+    ws = await websockets.connect(f"{service.url}/station-9", subprotocols=["ocpp2.0.1"])
+    try:
+        await ws.send(json.dumps([2, "b", "BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}]))
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))[0] == 3
+        event = {"eventType": "Started", "timestamp": "2026-01-01T00:00:00Z", "triggerReason": "Authorized", "seqNo": 0,
+                 "transactionInfo": {"transactionId": "t1"}, "evse": {"id": 5000, "connectorId": 1}}
+        await ws.send(json.dumps([2, "t", "TransactionEvent", event]))
+        while True:  # our own CALLs (GetVariables) may come first
+            answer = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            if answer[1] == "t":
+                break
+        assert answer[:3] == [4, "t", "PropertyConstraintViolation"]
+        assert 5000 not in service.app.hub.states["station-9"].connectors
+    finally:
+        await ws.close()
+
+
 # -- 10. an empty payload (how MQTT deletes a retained message) commands nothing ----------------------------------------
 
 
