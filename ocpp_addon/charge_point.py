@@ -21,11 +21,12 @@ import asyncio
 import inspect
 import json
 import logging
+import math
 import re
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ocpp.charge_point import remove_nones, serialize_as_dict
 from ocpp.exceptions import (
@@ -56,6 +57,7 @@ from .state import (
     latest_meter_values,
     parse_configuration,
     parse_meter_values,
+    parse_number,
     parse_timestamp,
     utc_now_iso,
 )
@@ -157,6 +159,26 @@ def normalize_result(action: str, payload: dict[str, Any]) -> dict[str, Any] | N
     except (OCPPError, ValueError):
         return None
     return fixed
+
+
+def meter_register(value: Any) -> float | None:
+    """meterStart/meterStop (Wh; the schema says only "integer"): None beyond 1 TWh, where a float
+    division of a 400-digit integer would raise on every later MeterValues of the transaction."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 10**15 else None
+
+
+def out_of_range_id(payload: Mapping[str, Any], most: int) -> int | None:
+    """The first connector or EVSE id in a CALL outside 0..``most``, or None.
+
+    Every field that names one is checked (1.6 ``connectorId``; 2.0.1 ``evseId`` beside ``connectorId``,
+    and ``evse.id``): a 2.0.1 StatusNotification carries a small connectorId and the evseId that
+    becomes the connector; a negative id would read as the main connector.
+    """
+    evse = payload.get("evse")
+    for value in (payload.get("connectorId"), payload.get("evseId"), evse.get("id") if isinstance(evse, dict) else None):
+        if isinstance(value, int) and not 0 <= value <= most:
+            return value
+    return None
 
 
 class ChargePoint(_OcppChargePoint):
@@ -313,14 +335,12 @@ class ChargePoint(_OcppChargePoint):
                 return
             _LOGGER.info("%s: accepted a non-compliant %s (lenient mode): %s", self.id, msg.action, _short(cause))
             msg.payload = fixed
-        connector_id = msg.payload.get("connectorId", msg.payload.get("evseId"))
-        if connector_id is None and isinstance(msg.payload.get("evse"), dict):  # 2.0.1 TransactionEvent
-            connector_id = msg.payload["evse"].get("id")
-        if isinstance(connector_id, int) and connector_id > self._max_connectors:
+        bad_id = out_of_range_id(msg.payload, self._max_connectors)
+        if bad_id is not None:
             # Every connector id becomes entities and state keys: a charger inventing thousands must not.
-            self._warn("%s: %s for connector %d rejected: above ocpp.max_connectors (%d)", self.id, msg.action, connector_id, self._max_connectors)
+            self._warn("%s: %s for connector %d rejected: outside 0..ocpp.max_connectors (%d)", self.id, msg.action, bad_id, self._max_connectors)
             await self._send_error(msg.unique_id, PropertyConstraintViolationError(
-                details={"cause": f"connectorId {connector_id} is above this central system's limit of {self._max_connectors}"}))
+                details={"cause": f"connector/EVSE id {bad_id} is outside this central system's range 0..{self._max_connectors}"}))
             return
         if msg.action in self.shallow_actions:
             # Hot path: only the top-level keys become snake_case; the handler reads the nested
@@ -557,7 +577,7 @@ class ChargePoint(_OcppChargePoint):
         if id_tag_info["status"] == AuthorizationStatus.accepted:
             connector.transaction_id = transaction_id
             connector.id_tag = id_tag
-            connector.meter_start = meter_start
+            connector.meter_start = meter_register(meter_start)
             connector.session_start = parse_timestamp(timestamp) or datetime.now(timezone.utc)
             connector.session_energy = 0.0
             connector.session_duration = 0
@@ -582,8 +602,9 @@ class ChargePoint(_OcppChargePoint):
             if connector.transaction_id == transaction_id:
                 connector.transaction_id = None
                 connector.stop_reason = kwargs.get("reason") or "Local"
-                if connector.meter_start is not None:
-                    connector.session_energy = round(max(0.0, (meter_stop - connector.meter_start) / 1000), 3)
+                stop = meter_register(meter_stop)
+                if connector.meter_start is not None and stop is not None:
+                    connector.session_energy = round(max(0.0, (stop - connector.meter_start) / 1000), 3)
                 if connector.session_start is not None:
                     end = parse_timestamp(timestamp) or datetime.now(timezone.utc)
                     connector.session_duration = max(0, round((end - connector.session_start).total_seconds()))
@@ -696,13 +717,16 @@ class ChargePoint(_OcppChargePoint):
         response = result.get("response", {})
         schedule = response.get("chargingSchedule") if result["status"] == Status.ACCEPTED else None
         if schedule:
-            periods = [(int(p.get("startPeriod", 0)), float(p["limit"])) for p in schedule.get("chargingSchedulePeriod", []) if "limit" in p]
+            periods = [(int(start), limit) for p in schedule.get("chargingSchedulePeriod", [])
+                       if (limit := parse_number(p.get("limit"))) is not None and (start := parse_number(p.get("startPeriod", 0))) is not None]
             started = parse_timestamp(response.get("scheduleStart") or schedule.get("startSchedule")) or datetime.now(timezone.utc)
             value = limit_now(periods, started, datetime.now(timezone.utc)) if periods else None
             if value is not None:
                 rate_unit = schedule.get("chargingRateUnit", slider_unit)
                 elec = electrical(state, self.config["charging"])
                 effective = round(convert_limit(value, rate_unit, slider_unit, elec.voltage, elec.phases), 2)
+                if not math.isfinite(effective):
+                    effective = None  # 1e306 A is a number the schema allows, and no limit at all in W
         if effective != state.effective_limit:
             state.effective_limit, state.effective_limit_unit = effective, slider_unit
             self.hub.state_changed(state, ("effective_limit",))

@@ -189,10 +189,13 @@ class ChargePoint201(ChargePoint):
     @on(Action.notify_report)
     def on_notify_report(self, request_id: int, generated_at: str, seq_no: int, **kwargs: Any) -> Any:
         items = self._reports.setdefault(request_id, [])
-        while len(self._reports) > 4:  # unfinished reports of ids nobody asked for: keep the newest few
+        while len(self._reports) > 2:  # unfinished reports of ids nobody asked for: keep the newest
             self._reports.pop(next(iter(self._reports)))
         room = ocpp201.MAX_REPORT_ITEMS - len(items)
-        items.extend(camel_keys(kwargs.get("report_data") or [])[:max(room, 0)])
+        for item in camel_keys((kwargs.get("report_data") or [])[:max(room, 0)]):
+            slim = ocpp201.slim_report_item(item)
+            if slim is not None:
+                items.append(slim)
         if not kwargs.get("tbc"):
             del self._reports[request_id]
             self._learn(list(ocpp201.report_rows(items)), complete=True)

@@ -325,8 +325,14 @@ class HomeAssistantSink:
         dirty, self._dirty = self._dirty, set()
         for cid in dirty:
             state = self.hub.states.get(cid)
-            if state is not None:
-                self.mqtt.publish(f"{self.base}/{cid}/state", strict_json.dumps(state_payload(state, self.config)), retain=True)
+            if state is None:
+                continue
+            try:
+                payload = strict_json.dumps(state_payload(state, self.config))
+            except ValueError as err:  # a value JSON cannot carry: this charger's state waits, the others' do not
+                _LOGGER.error("%s: state not published: %s", cid, err)
+                continue
+            self.mqtt.publish(f"{self.base}/{cid}/state", payload, retain=True)
 
     def _publish_discovery(self, state: ChargerState, force: bool = False) -> None:
         if not self.discovery_enabled:

@@ -207,6 +207,25 @@ def variable_key(component: Mapping[str, Any], variable: Mapping[str, Any]) -> s
     return key if KEY_RE.fullmatch(key) else None
 
 
+def slim_report_item(item: Any) -> dict[str, Any] | None:
+    """One NotifyReport ``reportData`` item cut to what :func:`report_rows` and :func:`device_variables` read.
+
+    A station's unfinished report is kept until its last part arrives; ``customData`` and
+    characteristics could make each item tens of kilobytes, so only names, the EVSE and the
+    attributes' type, value (at most 1,000 characters, as SetVariables takes) and mutability stay.
+    """
+    if not isinstance(item, Mapping) or not isinstance(item.get("component"), Mapping) or not isinstance(item.get("variable"), Mapping):
+        return None
+    component = {k: item["component"][k] for k in ("name", "instance") if isinstance(item["component"].get(k), str)}
+    evse = item["component"].get("evse")
+    if isinstance(evse, Mapping):
+        component["evse"] = {k: evse[k] for k in ("id", "connectorId") if type(evse.get(k)) is int}
+    variable = {k: item["variable"][k] for k in ("name", "instance") if isinstance(item["variable"].get(k), str)}
+    attributes = [{k: a[k][:1000] if k == "value" else a[k] for k in ("type", "value", "mutability") if isinstance(a.get(k), str)}
+                  for a in (item.get("variableAttribute") or [])[:4] if isinstance(a, Mapping)]
+    return {"component": component, "variable": variable, "variableAttribute": attributes}
+
+
 def device_variables(report_data: Iterable[Any]) -> dict[str, DeviceVariable]:
     """NotifyReport ``reportData`` items (camelCase) -> the station's variables by key.
 

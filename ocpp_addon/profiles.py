@@ -234,6 +234,8 @@ def parse_schedule(entries: Any, now: datetime, max_periods: int | None = None) 
             parsed = parse_timestamp(raw_start)
             if parsed is None:
                 raise SetpointError(f"entry {index}: start {str(raw_start)[:40]!r} is not an ISO 8601 time or a number of seconds")
+            if abs(parsed - now) >= timedelta(days=366):  # as for seconds; year 9999 cannot even be written in UTC
+                raise SetpointError(f"entry {index}: start {str(raw_start)[:40]!r} is more than a year from now")
             moment = parsed
         limit = parse_number(raw_limit) if not isinstance(raw_limit, bool) else None
         if limit is None or limit < 0:

@@ -175,6 +175,8 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
     volts = [readings[f"voltage_{p}"] for p in ("l1", "l2", "l3") if f"voltage_{p}" in readings]
     if "voltage" not in readings and volts:
         readings["voltage"] = round(sum(volts) / len(volts), 3)
+    if not all(math.isfinite(v) for v in readings.values()):  # "1e308" kW is a finite string but not a finite reading
+        readings = {k: v for k, v in readings.items() if math.isfinite(v)}
     return readings
 
 

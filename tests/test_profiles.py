@@ -98,7 +98,8 @@ def test_schedule_periods_are_relative_to_the_first_entry() -> None:
 
 
 @pytest.mark.parametrize("entries", [[], {}, [{"start": 0}], [{"start": True, "limit": 6}], [{"start": "soon", "limit": 6}],
-                                     [{"start": 0, "limit": -1}], [{"start": 1e12, "limit": 6}]])
+                                     [{"start": 0, "limit": -1}], [{"start": 1e12, "limit": 6}],
+                                     [{"start": "9999-12-31T23:00:00-14:00", "limit": 16}], [{"start": "0001-01-01T00:00:00+14:00", "limit": 16}]])
 def test_bad_schedules(entries: object) -> None:
     with pytest.raises(SetpointError):
         parse_schedule(entries, NOW)
