@@ -27,7 +27,7 @@ from ocpp_addon.hub import UPDATED
 from ocpp_addon.simulator import SimOptions, connect
 
 from .conftest import TIMEOUT, MqttProbe, Service, free_port
-from .test_bemcom_dropin import Mqtt5Probe
+from .test_bemcom_dropin import Charger, Mqtt5Probe
 
 CN = "ocpp-connector"
 MAP = f"{CN}/datapoint_map"
@@ -990,3 +990,73 @@ async def test_a_2_0_1_station_gets_datapoints_too(service_factory, probe: MqttP
     request = await sim.wait_for_call("SetChargingProfile")
     schedule = request["chargingProfile"]["chargingSchedule"][0]
     assert (schedule["chargingRateUnit"], schedule["chargingSchedulePeriod"][0]["limit"]) == ("W", 7000)
+
+
+# -- what a charger can make us publish ------------------------------------------------------------
+
+BOOT = {"chargePointVendor": "ACME", "chargePointModel": "Box"}
+
+
+async def raw_charger(service: Service, charger_id: str = "wallbox-1") -> Charger:
+    """A charger sending raw frames (so also ones the simulator's own schema check would stop), booted."""
+    charger = await Charger.connect(service.config["ocpp"]["port"], charger_id)
+    assert (await charger.call("BootNotification", BOOT))[0] == 3
+    return charger
+
+
+async def test_frames_refused_by_the_schema_make_no_datapoints(service_factory, probe: MqttProbe) -> None:
+    """The review's reproduction: StatusNotifications with invented keys, all answered FormationViolation,
+    made 60,006 datapoints and 147.5 MB of available_datapoints. Only what the charge point accepts counts."""
+    service = await start(service_factory)
+    charger = await raw_charger(service)
+    try:
+        await probe.wait_json(AVAILABLE, lambda d: "wallbox-1__BootNotification__charge_point_vendor" in d["sensor"])
+        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+        mark = probe.mark()
+        for frame in range(3):
+            answer = await charger.call("StatusNotification", {**status, **{f"invented_{frame}_{i}": 1 for i in range(100)}})
+            assert answer[0] == 4 and answer[2] == "FormationViolation"
+        sample = {"value": "1", "measurand": "Invented.Measurand", "phase": "L9", "unit": "furlongs"}
+        answer = await charger.call("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2025-01-01T00:00:00Z", "sampledValue": [sample]}]})
+        assert answer[0] == 4
+        # a valid frame with a new key: its available_datapoints comes after anything the refused ones caused
+        assert (await charger.call("StatusNotification", status))[0] == 3
+        await probe.wait_json(AVAILABLE, lambda d: "wallbox-1__StatusNotification__status" in d["sensor"], since=mark)
+        for payload in [*(p for t, p, _ in probe.messages[mark:] if t == AVAILABLE), await retained_payload(probe, AVAILABLE)]:
+            assert b"invented" not in payload and b"Invented" not in payload and b"furlongs" not in payload
+        assert not [k for k in service.app.bemcom._sensors if "nvented" in k or "furlongs" in k]
+    finally:
+        await charger.close()
+
+
+def every_meter_key() -> list[dict[str, str]]:
+    """Schema-valid sampled values, each with its own measurand/phase/unit: 3,960 possible keys."""
+    schema = json.loads((Path(ocpp_call.__file__).parent / "schemas" / "MeterValues.json").read_text(encoding="utf-8"))
+    fields = schema["properties"]["meterValue"]["items"]["properties"]["sampledValue"]["items"]["properties"]
+    return [{"value": "1", "measurand": m, "phase": p, "unit": u}
+            for m in fields["measurand"]["enum"] for p in fields["phase"]["enum"] for u in fields["unit"]["enum"]]
+
+
+async def test_a_charger_gets_at_most_max_datapoints_and_one_warning(service_factory, probe: MqttProbe,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Even schema-valid MeterValues can name thousands of measurand/phase/unit keys."""
+    service = await start(service_factory)
+    charger = await raw_charger(service)
+    samples = every_meter_key()
+    mark = probe.mark()
+    try:
+        for batch in (samples[:300], samples[300:600], samples[600:700]):
+            meter_value = [{"timestamp": "2025-01-01T00:00:00Z", "sampledValue": batch}]
+            assert (await charger.call("MeterValues", {"connectorId": 1, "meterValue": meter_value}))[0] == 3
+        other = await raw_charger(service, "wallbox-2")  # its keys are a barrier: published after wallbox-1's
+        await other.close()
+        available = await probe.wait_json(AVAILABLE, lambda d: "wallbox-2__BootNotification__charge_point_vendor" in d["sensor"])
+        from_frames = [k for k in available["sensor"] if k.startswith("wallbox-1__") and not k.startswith("wallbox-1__state__")]
+        assert len(from_frames) == bemcom.MAX_DATAPOINTS
+        assert "wallbox-1__state__connected" in available["sensor"]  # our own keys are not the charger's to use up
+        # one publish per burst of new keys (a frame, a connect), not one per key: 6 here, 500 uncoalesced
+        assert len([t for t, _, _ in probe.messages[mark:] if t == AVAILABLE]) < 20
+        warnings = [r.getMessage() for r in caplog.records if "datapoints, the most one charger gets" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].startswith(f"BEMcom: wallbox-1 reached {bemcom.MAX_DATAPOINTS} datapoints")
+    finally:
+        await charger.close()
