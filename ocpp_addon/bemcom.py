@@ -87,6 +87,7 @@ _MAX_TOKEN = 50  # measurand, phase and unit are short enums; longer ones would 
 # republishes the retained available_datapoints with all of them.
 MAX_DATAPOINTS = 500
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment a datetime holds
 
 
 class BemcomError(ValueError):
@@ -281,11 +282,15 @@ class PlanItem:
 
 
 def _timestamp(item: Mapping[str, Any], key: str) -> int | None:
+    """Milliseconds since the epoch, up to the end of year 9999: a charging profile names its start as
+    an ISO date, and ``1e300`` has none (it raised OverflowError long after the message was taken)."""
     value = item.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BemcomError(f"{key} {value!r} is not a timestamp in milliseconds")
+    if not 0 <= value <= MAX_TIMESTAMP_MS:
+        raise BemcomError(f"{key} {value!r} is outside 0..{MAX_TIMESTAMP_MS} (1970 to 9999-12-31 in milliseconds)")
     return int(value)
 
 
@@ -523,9 +528,9 @@ class BemcomSink:
                                     "set KEYS_PER_CHARGER=TRUE (bemcom.legacy_keys: false) for keys per charger", len(self.hub.connected))
             self._sensor_flow(charger_id, state_message(event.state, self.config["charging"]["unit"]), changes_only=True)
         elif kind == READY:  # a schedule that could not be installed while the charger was away
-            for value_topic, plan in self._plans.items():
+            for value_topic, plan in list(self._plans.items()):
                 if plan.applied is None and self._map_actuator.get(value_topic) in self._actuators:
-                    self._apply_plan(value_topic, only_for=charger_id)
+                    self._try_plan(value_topic, only_for=charger_id)
         elif kind == REMOVED and not self.legacy:
             prefix = f"{charger_id}__"
             for keys in (self._sensors, self._actuators):
@@ -602,7 +607,7 @@ class BemcomSink:
             return
         self._sensor_values[charger_id] = number
         for value_topic in list(self._plans):
-            self._apply_plan(value_topic, only_for=charger_id)
+            self._try_plan(value_topic, only_for=charger_id)
 
     def _publish_value(self, topic: str, value: Any, timestamp: int) -> None:
         if self._available_due:  # a value never arrives before the key list that names it, as in the template
@@ -728,7 +733,16 @@ class BemcomSink:
             return
         plan = self._plans.setdefault(value_topic, _Plan())
         setattr(plan, kind, items)
-        self._apply_plan(value_topic)
+        self._try_plan(value_topic)
+
+    def _try_plan(self, value_topic: str, only_for: str | None = None) -> None:
+        """_apply_plan, but a plan that fails is dropped with its traceback: it is kept for every later
+        READY and sensor value, so it would fail again each time and stop the loop over the other plans."""
+        try:
+            self._apply_plan(value_topic, only_for)
+        except Exception:
+            _LOGGER.exception("BEMcom: dropped the setpoint/schedule on %s: applying it failed", value_topic)
+            self._plans.pop(value_topic, None)
 
     def _apply_plan(self, value_topic: str, only_for: str | None = None) -> None:
         """Send the controller's time line: one limit now, or one profile with several periods."""

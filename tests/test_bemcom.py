@@ -277,6 +277,15 @@ def test_setpoint_and_schedule_messages_are_parsed_strictly() -> None:
             bemcom.parse_plan("schedule", bad)
 
 
+@pytest.mark.parametrize("moment", [1e300, 1e17, -1, 2**63])
+def test_plan_timestamps_beyond_what_a_date_holds_are_refused(moment: float) -> None:
+    """A profile's start is an ISO date: 1e300 ms has none, and raised OverflowError when the plan was applied."""
+    with pytest.raises(bemcom.BemcomError, match="from_timestamp .* is outside 0..253402300799999"):
+        bemcom.parse_plan("schedule", json.dumps({"schedule": [{"from_timestamp": moment, "value": 16}]}).encode())
+    last = bemcom.parse_plan("schedule", json.dumps({"schedule": [{"from_timestamp": bemcom.MAX_TIMESTAMP_MS, "value": 16}]}).encode())
+    assert last is not None and bemcom._iso_ms(last[0].start or 0).startswith("9999-12-31T23:59:59")
+
+
 def test_log_handler_hides_passwords_and_skips_paho_and_debug_records() -> None:
     published: list[tuple[str, dict[str, Any], bool]] = []
 
@@ -860,6 +869,55 @@ async def test_a_schedule_for_an_offline_charger_is_installed_when_it_is_back(se
     again = await service.charger("wallbox-1")
     periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
     assert [p["limit"] for p in periods] == [8000, 6000]
+
+
+def two_period_schedule(first: float, second: float) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    return {"schedule": [{"from_timestamp": None, "to_timestamp": now + 600_000, "value": first},
+                         {"from_timestamp": now + 600_000, "to_timestamp": None, "value": second}], "timestamp": now}
+
+
+async def test_a_schedule_with_an_absurd_timestamp_is_refused_and_the_others_still_apply(service_factory, probe: MqttProbe) -> None:
+    """from_timestamp 1e300 was taken, then raised OverflowError at every READY, before the plans after it."""
+    service = await start(service_factory, apply_setpoints=True)
+    sim = await service.charger("wallbox-1")
+    other = f"{CN}/messages/8/value"
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, other: LIMIT_KEY})
+    await sim._connection.close()
+    await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"offline")
+    mark = probe.mark()
+    absurd = {"schedule": [{"from_timestamp": 1e300, "to_timestamp": None, "value": 7000}], "timestamp": 1}
+    probe.publish(LIMIT_TOPIC.removesuffix("value") + "schedule", json.dumps(absurd), retain=True, qos=2)
+    await probe.wait_json(LOGS, lambda d: d["msg"] == f"BEMcom: ignored the schedule on {CN}/messages/7/schedule: "
+                          "from_timestamp 1e+300 is outside 0..253402300799999 (1970 to 9999-12-31 in milliseconds)", since=mark)
+    probe.publish(other.removesuffix("value") + "schedule", json.dumps(two_period_schedule(8000, 6000)), retain=True, qos=2)
+    await probe.wait_json(LOGS, lambda d: "keeping the BEMcom schedule until it connects" in d["msg"], since=mark)
+    again = await service.charger("wallbox-1")
+    periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    assert [p["limit"] for p in periods] == [8000, 6000]
+
+
+async def test_a_plan_that_fails_to_apply_is_dropped_and_the_others_still_apply(service_factory, probe: MqttProbe,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever makes one stored plan raise, the loop at READY goes on to the next one. The failing plan
+    is put in place as a build without the timestamp bound stored it (the parser refuses it now)."""
+    service = await start(service_factory, apply_setpoints=True)
+    sim = await service.charger("wallbox-1")
+    other = f"{CN}/messages/8/value"
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, other: LIMIT_KEY})
+    await sim._connection.close()
+    await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"offline")
+    sink = service.app.bemcom
+    assert sink is not None
+    sink._plans[LIMIT_TOPIC] = bemcom._Plan(schedule=[bemcom.PlanItem(10**300, None, 7000.0)])  # first in the loop
+    mark = probe.mark()
+    probe.publish(other.removesuffix("value") + "schedule", json.dumps(two_period_schedule(8000, 6000)), retain=True, qos=2)
+    await probe.wait_json(LOGS, lambda d: "keeping the BEMcom schedule until it connects" in d["msg"], since=mark)
+    again = await service.charger("wallbox-1")
+    periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    assert [p["limit"] for p in periods] == [8000, 6000]
+    assert LIMIT_TOPIC not in sink._plans and other in sink._plans
+    assert [r.exc_info[0] for r in caplog.records if r.getMessage().startswith("BEMcom: dropped the setpoint/schedule")] == [OverflowError]
 
 
 # -- issue 13: what an existing BEMcom installation relies on ----------------------------------------
