@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
     from .charge_point import ChargePoint
 
 _LOGGER = logging.getLogger(__name__)
+
+# Commands waiting for one charger (each holds a task waiting for its one-at-a-time call lock, up to
+# response_timeout per CALL): beyond this they are answered Busy at once. Unbounded, 5,000 MQTT
+# refresh messages to a silent charger were 5,001 tasks and ~83 h of queue at the default 30 s.
+MAX_PENDING_COMMANDS = 16
+BUSY_LOG_INTERVAL = 60.0  # s: one line per charger per interval while its commands are refused Busy
+
 
 class EventKind(StrEnum):
     CONNECTED = "connected"
@@ -73,6 +81,9 @@ class Hub:
         # only while a browser has it open, so a frame costs one None check otherwise.
         self.frame_tap: Callable[[str, str, str], None] | None = None
         self._background: dict[str, asyncio.Task[None]] = {}  # per charger: configure, then periodic read-back
+        self._pending: dict[str, int] = {}  # per charger: commands started and not finished
+        self._refreshing: set[str] = set()  # chargers with a refresh pending: another one adds nothing
+        self._busy_log: dict[str, list[float]] = {}  # per charger: [time of the last Busy line, refusals since]
         charging = config["charging"]
         for charger_id, saved in store.chargers.items():
             applied = Applied.from_dict(saved.get("applied"))
@@ -265,21 +276,52 @@ class Hub:
         if cp is None:
             status = Status.OFFLINE if charger_id in self.states else Status.UNKNOWN_CHARGER
             result: dict[str, Any] = {"command": name, "status": status, "reason": "charger not connected"}
-        elif name == "set_charging_schedule":
-            result = await self.limit(charger_id).schedule(cp, **kwargs)
-            if result["status"] == Status.ACCEPTED:
-                self.spawn(cp.refresh_effective_limit())
+        elif name == "refresh" and charger_id in self._refreshing:
+            result = {"command": name, "status": Status.QUEUED, "reason": "a refresh is already waiting for the charger; its result follows"}
+        elif self._pending.get(charger_id, 0) >= MAX_PENDING_COMMANDS:
+            self._log_busy(charger_id, name)
+            result = {"command": name, "status": Status.BUSY,
+                      "reason": f"{MAX_PENDING_COMMANDS} commands already wait for this charger; try again when they are answered"}
         else:
-            method = getattr(cp, f"execute_{name}", None)
-            if method is None:
-                result = {"command": name, "status": Status.UNKNOWN_COMMAND, "reason": f"no command {name!r}"}
-            else:
-                result = await method(**kwargs)
-                if name == "clear_charging_limit" and result["status"] == Status.ACCEPTED:
-                    self.limit(charger_id).cleared()
-                    self.spawn(cp.refresh_effective_limit())
+            self._pending[charger_id] = self._pending.get(charger_id, 0) + 1
+            if name == "refresh":
+                self._refreshing.add(charger_id)
+            try:
+                result = await self._run(cp, name, kwargs)
+            finally:
+                self._pending[charger_id] -= 1
+                if not self._pending[charger_id]:
+                    del self._pending[charger_id]
+                if name == "refresh":
+                    self._refreshing.discard(charger_id)
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=result))
         return result
+
+    async def _run(self, cp: ChargePoint, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if name == "set_charging_schedule":
+            result = await self.limit(cp.id).schedule(cp, **kwargs)
+            if result["status"] == Status.ACCEPTED:
+                self.spawn(cp.refresh_effective_limit())
+            return result
+        method = getattr(cp, f"execute_{name}", None)
+        if method is None:
+            return {"command": name, "status": Status.UNKNOWN_COMMAND, "reason": f"no command {name!r}"}
+        result = await method(**kwargs)
+        if name == "clear_charging_limit" and result["status"] == Status.ACCEPTED:
+            self.limit(cp.id).cleared()
+            self.spawn(cp.refresh_effective_limit())
+        return result
+
+    def _log_busy(self, charger_id: str, name: str) -> None:
+        now = time.monotonic()
+        last = self._busy_log.get(charger_id)
+        if last is not None and now - last[0] < BUSY_LOG_INTERVAL:
+            last[1] += 1
+            return
+        held_back = int(last[1]) if last is not None else 0
+        self._busy_log[charger_id] = [now, 0]
+        _LOGGER.warning("%s: %s refused (Busy): %d commands already wait for the charger%s", charger_id, name, MAX_PENDING_COMMANDS,
+                        f" ({held_back} more refused since the last such line)" if held_back else "")
 
     def remove_charger(self, charger_id: str) -> None:
         """Forget a charger: its discovery and retained state are cleared by the sinks."""
@@ -290,6 +332,7 @@ class Hub:
         if charger_id not in self.connected:
             del self.states[charger_id]
             self.limits.pop(charger_id, None)
+            self._busy_log.pop(charger_id, None)
         self.store.forget_charger(charger_id)
         _LOGGER.info("%s: removed", charger_id)
         self.emit(Event(REMOVED, charger_id, state))

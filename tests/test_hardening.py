@@ -674,3 +674,55 @@ async def test_check_refuses_an_empty_list_password(tmp_path: Path) -> None:
                                                 stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=tmp_path)
     _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 2 and "ocpp.auth.password: expected text, got a list" in err.decode()
+
+
+# -- commands queued for a charger that does not answer (review r8) ------------------------------------------------------
+
+
+MAX_PENDING_COMMANDS = 16  # the README's limit (hub.MAX_PENDING_COMMANDS)
+
+
+async def wait_results(service: Service, charger_id: str, status: str, count: int, since: int) -> list[Any]:
+    """Wait until ``count`` command results with ``status`` have been emitted for the charger."""
+    def matching() -> list[Any]:
+        return [e for e in service.events[since:] if e.kind == RESULT and e.charger_id == charger_id and e.data.get("status") == status]
+
+    async with service._event_arrived:
+        await asyncio.wait_for(service._event_arrived.wait_for(lambda: len(matching()) >= count), TIMEOUT)
+    return matching()
+
+
+async def test_commands_beyond_the_cap_are_answered_busy_and_a_limit_still_gets_through(
+        service: Service, probe: MqttProbe, caplog: pytest.LogCaptureFixture) -> None:
+    """Every MQTT command was a task waiting for the charger's call lock: 5,000 to a silent charger were 5,001
+    tasks, ~83 h of queue at the default response_timeout, with a new charging limit behind them."""
+    sim = await service.charger("wallbox-1", extra_ignored_actions={"UnlockConnector"})
+    since, extra = len(service.events), 4
+    for _ in range(MAX_PENDING_COMMANDS + extra):
+        probe.publish("ocpp/wallbox-1/unlock/set", "1")
+    busy = await wait_results(service, "wallbox-1", "Busy", extra, since)
+    assert {e.data["command"] for e in busy} == {"unlock_connector"}
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d["status"] == "Busy" and d["command"] == "unlock_connector")
+    assert len([r for r in caplog.records if "refused (Busy)" in r.getMessage()]) == 1  # one line, not one per command
+    probe.publish(LIMIT_SET, "10")
+    sim.options.extra_ignored_actions.clear()  # it answers again: the queue drains, the limit follows it
+    result = await service.wait_event(RESULT, "wallbox-1", lambda e: e.data.get("command") == "charging_limit", since=since,
+                                      timeout=TIMEOUT * 2)
+    assert result.data["status"] == "Accepted" and result.data["limit"] == 10
+    assert len(sim.calls("UnlockConnector")) == MAX_PENDING_COMMANDS  # the refused ones never reached the charger
+
+
+async def test_a_refresh_already_waiting_is_not_queued_twice(service: Service, probe: MqttProbe) -> None:
+    sim = await service.charger("wallbox-1", extra_ignored_actions={"TriggerMessage"})
+    since = len(service.events)
+    for _ in range(3):
+        probe.publish("ocpp/wallbox-1/refresh/set", "refresh")
+    queued = await wait_results(service, "wallbox-1", "Queued", 2, since)
+    assert {e.data["command"] for e in queued} == {"refresh"}
+    sim.options.extra_ignored_actions.clear()
+    done = await service.wait_event(RESULT, "wallbox-1", lambda e: e.data.get("command") == "refresh" and e.data["status"] != "Queued",
+                                    since=since, timeout=TIMEOUT * 2)
+    assert done.data["status_notification"] == "Accepted"
+    assert [p["requestedMessage"] for p in sim.calls("TriggerMessage")] == ["MeterValues", "StatusNotification"]
+    probe.publish("ocpp/wallbox-1/refresh/set", "refresh")  # nothing waiting any more: a new refresh is a new request
+    await sim.wait_for_call("TriggerMessage", lambda p: len(sim.calls("TriggerMessage")) == 3)
