@@ -43,7 +43,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import __version__, strict_json
+from ocpp.exceptions import OCPPError
+
+from . import __version__, strict_json, validation
 from .charge_point import snake_keys
 from .hub import CONNECTED, DISCONNECTED, IDENTIFIED, RAW_FRAME, READY, REMOVED, RESULT, UPDATED, Event, Hub
 from .mqtt_bridge import MqttBridge
@@ -80,7 +82,12 @@ _RESULT_ACTIONS = {
     "get_composite_schedule": "CompositeSchedule",
 }
 _MAX_TOKEN = 50  # measurand, phase and unit are short enums; longer ones would only bloat the key list
+# Sensor datapoints per charger (per connector in legacy mode). A real charger has a few dozen; even
+# schema-valid MeterValues could combine measurands, phases and units into thousands, and every new key
+# republishes the retained available_datapoints with all of them.
+MAX_DATAPOINTS = 500
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment a datetime holds
 
 
 class BemcomError(ValueError):
@@ -275,11 +282,15 @@ class PlanItem:
 
 
 def _timestamp(item: Mapping[str, Any], key: str) -> int | None:
+    """Milliseconds since the epoch, up to the end of year 9999: a charging profile names its start as
+    an ISO date, and ``1e300`` has none (it raised OverflowError long after the message was taken)."""
     value = item.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BemcomError(f"{key} {value!r} is not a timestamp in milliseconds")
+    if not 0 <= value <= MAX_TIMESTAMP_MS:
+        raise BemcomError(f"{key} {value!r} is outside 0..{MAX_TIMESTAMP_MS} (1970 to 9999-12-31 in milliseconds)")
     return int(value)
 
 
@@ -452,6 +463,9 @@ class BemcomSink:
         self.topic_map = f"{self.name}/datapoint_map"
         self.topic_raw = f"{self.name}/raw_message_to_db"
         self._sensors: dict[str, tuple[Any, int]] = {}  # key -> (last value, its timestamp)
+        self._datapoints: dict[str, int] = {}  # keys learned from charger frames, per prefix ("<cp>__", "" for legacy keys)
+        self._datapoints_full: set[str] = set()  # prefixes that reached MAX_DATAPOINTS (warned once)
+        self._available_due = False  # an available_datapoints publish is scheduled
         self._actuators: dict[str, tuple[str | None, str]] = {}  # key -> (charger id or None in legacy mode, command)
         self._map_sensor: dict[str, str] = {}
         self._map_actuator: dict[str, str] = {}
@@ -475,6 +489,7 @@ class BemcomSink:
         logging.getLogger().addHandler(self._log_handler)
 
     async def stop(self) -> None:
+        self._flush_available()
         logging.getLogger().removeHandler(self._log_handler)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -513,14 +528,16 @@ class BemcomSink:
                                     "set KEYS_PER_CHARGER=TRUE (bemcom.legacy_keys: false) for keys per charger", len(self.hub.connected))
             self._sensor_flow(charger_id, state_message(event.state, self.config["charging"]["unit"]), changes_only=True)
         elif kind == READY:  # a schedule that could not be installed while the charger was away
-            for value_topic, plan in self._plans.items():
+            for value_topic, plan in list(self._plans.items()):
                 if plan.applied is None and self._map_actuator.get(value_topic) in self._actuators:
-                    self._apply_plan(value_topic, only_for=charger_id)
+                    self._try_plan(value_topic, only_for=charger_id)
         elif kind == REMOVED and not self.legacy:
             prefix = f"{charger_id}__"
             for keys in (self._sensors, self._actuators):
                 for key in [k for k in keys if k.startswith(prefix)]:
                     del keys[key]
+            self._datapoints.pop(prefix, None)
+            self._datapoints_full.discard(prefix)
             self._publish_available()
 
     def _on_frame(self, charger_id: str, text: str) -> None:
@@ -534,20 +551,48 @@ class BemcomSink:
             self.mqtt.publish(self.topic_raw, strict_json.dumps(message), qos=2)
         # Only the charger's CALLs carry sensor data; answers to our commands come back as RESULT events.
         if isinstance(frame, list) and len(frame) == 4 and frame[0] == 2 and isinstance(frame[2], str) and isinstance(frame[3], dict):
-            self._sensor_flow(charger_id, sensor_message(frame[2], frame[3]))
+            if self._schema_valid(charger_id, frame[2], frame[3]):
+                self._sensor_flow(charger_id, sensor_message(frame[2], frame[3]), capped=True)
 
-    def _sensor_flow(self, charger_id: str, message: Mapping[str, Any], changes_only: bool = False) -> None:
-        """Flatten, namespace, learn new keys, publish the mapped ones (the template's run_sensor_flow)."""
+    def _schema_valid(self, charger_id: str, action: str, payload: dict[str, Any]) -> bool:
+        """Whether the charge point accepts this CALL (its schema, or lenient mode's repair).
+
+        Raw frames reach us before the charge point has checked them: a CALL it answers with a
+        CALLERROR must not become datapoints, or every invented key in it would."""
+        cp = self.hub.connected.get(charger_id)
+        version = cp.ocpp_version if cp is not None else "1.6"
+        try:
+            validation.validate_call(action, payload, version)
+        except (OCPPError, ValueError):
+            return cp is not None and cp.lenient and cp.repaired_call(action, payload) is not None
+        return True
+
+    def _sensor_flow(self, charger_id: str, message: Mapping[str, Any], changes_only: bool = False, capped: bool = False) -> None:
+        """Flatten, namespace, learn new keys, publish the mapped ones (the template's run_sensor_flow).
+
+        ``capped``: the keys come from the charger's own frames, so at most MAX_DATAPOINTS of them
+        are learned per charger; our state and command results have a fixed set of keys."""
         prefix = "" if self.legacy else f"{charger_id}__"
         flat = {prefix + key: datapoint_value(value) for key, value in flatten(message).items()}
         if changes_only:
             flat = {key: value for key, value in flat.items() if key not in self._sensors or self._sensors[key][0] != value}
-        new_key = not flat.keys() <= self._sensors.keys()
+        new_keys = [key for key in flat if key not in self._sensors]
+        if new_keys and capped:
+            count = self._datapoints.get(prefix, 0)
+            room = max(0, MAX_DATAPOINTS - count)
+            for key in new_keys[room:]:
+                del flat[key]
+            if len(new_keys) > room and prefix not in self._datapoints_full:
+                self._datapoints_full.add(prefix)
+                _LOGGER.warning("BEMcom: %s reached %d datapoints, the most one charger gets; new keys from it are dropped (first: %s)",
+                                charger_id, MAX_DATAPOINTS, new_keys[room][:100])
+            new_keys = new_keys[:room]
+            self._datapoints[prefix] = count + len(new_keys)
         timestamp = now_ms()
         self._sensors.update((key, (value, timestamp)) for key, value in flat.items())
         if self.controller_sensor is not None and prefix + self.controller_sensor in flat:
             self._controller_sensor(charger_id, flat[prefix + self.controller_sensor])
-        if new_key:
+        if new_keys:
             self._publish_available()
         for key, value in flat.items():
             topic = self._map_sensor.get(key)
@@ -562,9 +607,11 @@ class BemcomSink:
             return
         self._sensor_values[charger_id] = number
         for value_topic in list(self._plans):
-            self._apply_plan(value_topic, only_for=charger_id)
+            self._try_plan(value_topic, only_for=charger_id)
 
     def _publish_value(self, topic: str, value: Any, timestamp: int) -> None:
+        if self._available_due:  # a value never arrives before the key list that names it, as in the template
+            self._flush_available()
         self.mqtt.publish(topic, strict_json.dumps({"value": value, "timestamp": timestamp}, default=str), retain=True)
 
     def _add_actuators(self, charger_id: str | None) -> None:
@@ -577,6 +624,16 @@ class BemcomSink:
             self._publish_available()
 
     def _publish_available(self) -> None:
+        """Coalesced: a burst of new keys (a charger's first frames, several chargers connecting) is one
+        publish of the whole list, not one per key."""
+        if not self._available_due:
+            self._available_due = True
+            asyncio.get_running_loop().call_soon(self._flush_available)
+
+    def _flush_available(self) -> None:
+        if not self._available_due:
+            return
+        self._available_due = False
         available = {
             "sensor": {key: value for key, (value, _) in self._sensors.items()},
             "actuator": {key: ACTUATOR_EXAMPLE for key in self._actuators},
@@ -676,7 +733,16 @@ class BemcomSink:
             return
         plan = self._plans.setdefault(value_topic, _Plan())
         setattr(plan, kind, items)
-        self._apply_plan(value_topic)
+        self._try_plan(value_topic)
+
+    def _try_plan(self, value_topic: str, only_for: str | None = None) -> None:
+        """_apply_plan, but a plan that fails is dropped with its traceback: it is kept for every later
+        READY and sensor value, so it would fail again each time and stop the loop over the other plans."""
+        try:
+            self._apply_plan(value_topic, only_for)
+        except Exception:
+            _LOGGER.exception("BEMcom: dropped the setpoint/schedule on %s: applying it failed", value_topic)
+            self._plans.pop(value_topic, None)
 
     def _apply_plan(self, value_topic: str, only_for: str | None = None) -> None:
         """Send the controller's time line: one limit now, or one profile with several periods."""

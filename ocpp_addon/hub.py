@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
     from .charge_point import ChargePoint
 
 _LOGGER = logging.getLogger(__name__)
+
+# Commands waiting for one charger (each holds a task waiting for its one-at-a-time call lock, up to
+# response_timeout per CALL): beyond this they are answered Busy at once. Unbounded, 5,000 MQTT
+# refresh messages to a silent charger were 5,001 tasks and ~83 h of queue at the default 30 s.
+MAX_PENDING_COMMANDS = 16
+BUSY_LOG_INTERVAL = 60.0  # s: one line per charger per interval while its commands are refused Busy
+
 
 class EventKind(StrEnum):
     CONNECTED = "connected"
@@ -73,6 +81,14 @@ class Hub:
         # only while a browser has it open, so a frame costs one None check otherwise.
         self.frame_tap: Callable[[str, str, str], None] | None = None
         self._background: dict[str, asyncio.Task[None]] = {}  # per charger: configure, then periodic read-back
+        self._pending: dict[str, int] = {}  # per charger: commands started and not finished
+        self._refreshing: set[str] = set()  # chargers with a refresh pending: another one adds nothing
+        self._busy_log: dict[str, list[float]] = {}  # per charger: [time of the last Busy line, refusals since]
+        # Chargers kept when they disconnect without having told us anything: configured, or in the state
+        # file from an earlier run, or booted in this one. Any other id is forgotten on disconnect.
+        ocpp = config["ocpp"]
+        self._known: set[str] = {*store.chargers, *(ocpp["chargers"] or ()), *ocpp["auth"]["passwords"],
+                                 *(entry["id"] for entry in config["charging"]["chargers"])}
         charging = config["charging"]
         for charger_id, saved in store.chargers.items():
             applied = Applied.from_dict(saved.get("applied"))
@@ -143,6 +159,26 @@ class Hub:
             task.cancel()
         self.emit(Event(DISCONNECTED, cp.id, cp.state))
         self.limit(cp.id).disconnected()
+        if not self._worth_keeping(cp.state):
+            _LOGGER.info("%s: forgotten: it disconnected without a BootNotification or any other message, and is not configured", cp.id)
+            self._forget(cp.id, cp.state)
+
+    def _worth_keeping(self, state: ChargerState) -> bool:
+        """A WebSocket handshake alone made a charger with a retained Home Assistant device, forever: 1,000
+        connect-and-close cycles with new ids left 1,000 chargers and 9.4 MB of retained discovery. A
+        charger that booted once, sent any message (one running since before a reconnect may never boot
+        again), or was given a setpoint is kept; a connection that did none of that is not a charger."""
+        return (state.id in self._known or state.last_heartbeat is not None or bool(state.connectors) or bool(state.readings)
+                or state.requested_limit is not None or state.applied is not None)
+
+    def _forget(self, charger_id: str, state: ChargerState) -> None:
+        """Drop the charger here and on disk; the sinks clear its discovery and retained topics (REMOVED)."""
+        self.states.pop(charger_id, None)
+        self.limits.pop(charger_id, None)
+        self._busy_log.pop(charger_id, None)
+        self._known.discard(charger_id)
+        self.store.forget_charger(charger_id)
+        self.emit(Event(REMOVED, charger_id, state))
 
     def supply_learned(self, cp: ChargePoint) -> None:
         """Kept on disk, so that after a restart a setpoint is converted for the supply the charger proved, not the config's."""
@@ -152,6 +188,7 @@ class Hub:
 
     def charger_booted(self, cp: ChargePoint) -> None:
         s = cp.state
+        self._known.add(cp.id)
         self.store.update_charger(cp.id, vendor=s.vendor, model=s.model, firmware=s.firmware, serial=s.serial)
         self.emit(Event(IDENTIFIED, cp.id, s))
 
@@ -265,21 +302,52 @@ class Hub:
         if cp is None:
             status = Status.OFFLINE if charger_id in self.states else Status.UNKNOWN_CHARGER
             result: dict[str, Any] = {"command": name, "status": status, "reason": "charger not connected"}
-        elif name == "set_charging_schedule":
-            result = await self.limit(charger_id).schedule(cp, **kwargs)
-            if result["status"] == Status.ACCEPTED:
-                self.spawn(cp.refresh_effective_limit())
+        elif name == "refresh" and charger_id in self._refreshing:
+            result = {"command": name, "status": Status.QUEUED, "reason": "a refresh is already waiting for the charger; its result follows"}
+        elif self._pending.get(charger_id, 0) >= MAX_PENDING_COMMANDS:
+            self._log_busy(charger_id, name)
+            result = {"command": name, "status": Status.BUSY,
+                      "reason": f"{MAX_PENDING_COMMANDS} commands already wait for this charger; try again when they are answered"}
         else:
-            method = getattr(cp, f"execute_{name}", None)
-            if method is None:
-                result = {"command": name, "status": Status.UNKNOWN_COMMAND, "reason": f"no command {name!r}"}
-            else:
-                result = await method(**kwargs)
-                if name == "clear_charging_limit" and result["status"] == Status.ACCEPTED:
-                    self.limit(charger_id).cleared()
-                    self.spawn(cp.refresh_effective_limit())
+            self._pending[charger_id] = self._pending.get(charger_id, 0) + 1
+            if name == "refresh":
+                self._refreshing.add(charger_id)
+            try:
+                result = await self._run(cp, name, kwargs)
+            finally:
+                self._pending[charger_id] -= 1
+                if not self._pending[charger_id]:
+                    del self._pending[charger_id]
+                if name == "refresh":
+                    self._refreshing.discard(charger_id)
         self.emit(Event(RESULT, charger_id, self.states.get(charger_id), data=result))
         return result
+
+    async def _run(self, cp: ChargePoint, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if name == "set_charging_schedule":
+            result = await self.limit(cp.id).schedule(cp, **kwargs)
+            if result["status"] == Status.ACCEPTED:
+                self.spawn(cp.refresh_effective_limit())
+            return result
+        method = getattr(cp, f"execute_{name}", None)
+        if method is None:
+            return {"command": name, "status": Status.UNKNOWN_COMMAND, "reason": f"no command {name!r}"}
+        result = await method(**kwargs)
+        if name == "clear_charging_limit" and result["status"] == Status.ACCEPTED:
+            self.limit(cp.id).cleared()
+            self.spawn(cp.refresh_effective_limit())
+        return result
+
+    def _log_busy(self, charger_id: str, name: str) -> None:
+        now = time.monotonic()
+        last = self._busy_log.get(charger_id)
+        if last is not None and now - last[0] < BUSY_LOG_INTERVAL:
+            last[1] += 1
+            return
+        held_back = int(last[1]) if last is not None else 0
+        self._busy_log[charger_id] = [now, 0]
+        _LOGGER.warning("%s: %s refused (Busy): %d commands already wait for the charger%s", charger_id, name, MAX_PENDING_COMMANDS,
+                        f" ({held_back} more refused since the last such line)" if held_back else "")
 
     def remove_charger(self, charger_id: str) -> None:
         """Forget a charger: its discovery and retained state are cleared by the sinks."""
@@ -287,12 +355,12 @@ class Hub:
         if state is None:
             self.result(charger_id, command="remove", status="UnknownCharger", reason="no charger with this id is known")
             return
-        if charger_id not in self.connected:
-            del self.states[charger_id]
-            self.limits.pop(charger_id, None)
-        self.store.forget_charger(charger_id)
         _LOGGER.info("%s: removed", charger_id)
-        self.emit(Event(REMOVED, charger_id, state))
+        if charger_id in self.connected:
+            self.store.forget_charger(charger_id)
+            self.emit(Event(REMOVED, charger_id, state))
+        else:
+            self._forget(charger_id, state)
         self.result(charger_id, command="remove", status=Status.ACCEPTED)
 
     async def close(self) -> None:

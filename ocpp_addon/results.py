@@ -26,6 +26,7 @@ class Status(StrEnum):
     # decided here, before or instead of asking the charger
     INVALID = "Invalid"
     QUEUED = "Queued"
+    BUSY = "Busy"  # MAX_PENDING_COMMANDS already wait for this charger: refused at once, not queued
     UNCHANGED = "Unchanged"
     OFFLINE = "Offline"
     UNKNOWN_CHARGER = "UnknownCharger"

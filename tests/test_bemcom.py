@@ -27,7 +27,7 @@ from ocpp_addon.hub import UPDATED
 from ocpp_addon.simulator import SimOptions, connect
 
 from .conftest import TIMEOUT, MqttProbe, Service, free_port
-from .test_bemcom_dropin import Mqtt5Probe
+from .test_bemcom_dropin import Charger, Mqtt5Probe
 
 CN = "ocpp-connector"
 MAP = f"{CN}/datapoint_map"
@@ -275,6 +275,15 @@ def test_setpoint_and_schedule_messages_are_parsed_strictly() -> None:
                 b'{"schedule": [{"value": "high"}]}', b'{"schedule": {}}'):
         with pytest.raises(bemcom.BemcomError):
             bemcom.parse_plan("schedule", bad)
+
+
+@pytest.mark.parametrize("moment", [1e300, 1e17, -1, 2**63])
+def test_plan_timestamps_beyond_what_a_date_holds_are_refused(moment: float) -> None:
+    """A profile's start is an ISO date: 1e300 ms has none, and raised OverflowError when the plan was applied."""
+    with pytest.raises(bemcom.BemcomError, match="from_timestamp .* is outside 0..253402300799999"):
+        bemcom.parse_plan("schedule", json.dumps({"schedule": [{"from_timestamp": moment, "value": 16}]}).encode())
+    last = bemcom.parse_plan("schedule", json.dumps({"schedule": [{"from_timestamp": bemcom.MAX_TIMESTAMP_MS, "value": 16}]}).encode())
+    assert last is not None and bemcom._iso_ms(last[0].start or 0).startswith("9999-12-31T23:59:59")
 
 
 def test_log_handler_hides_passwords_and_skips_paho_and_debug_records() -> None:
@@ -862,6 +871,55 @@ async def test_a_schedule_for_an_offline_charger_is_installed_when_it_is_back(se
     assert [p["limit"] for p in periods] == [8000, 6000]
 
 
+def two_period_schedule(first: float, second: float) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    return {"schedule": [{"from_timestamp": None, "to_timestamp": now + 600_000, "value": first},
+                         {"from_timestamp": now + 600_000, "to_timestamp": None, "value": second}], "timestamp": now}
+
+
+async def test_a_schedule_with_an_absurd_timestamp_is_refused_and_the_others_still_apply(service_factory, probe: MqttProbe) -> None:
+    """from_timestamp 1e300 was taken, then raised OverflowError at every READY, before the plans after it."""
+    service = await start(service_factory, apply_setpoints=True)
+    sim = await service.charger("wallbox-1")
+    other = f"{CN}/messages/8/value"
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, other: LIMIT_KEY})
+    await sim._connection.close()
+    await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"offline")
+    mark = probe.mark()
+    absurd = {"schedule": [{"from_timestamp": 1e300, "to_timestamp": None, "value": 7000}], "timestamp": 1}
+    probe.publish(LIMIT_TOPIC.removesuffix("value") + "schedule", json.dumps(absurd), retain=True, qos=2)
+    await probe.wait_json(LOGS, lambda d: d["msg"] == f"BEMcom: ignored the schedule on {CN}/messages/7/schedule: "
+                          "from_timestamp 1e+300 is outside 0..253402300799999 (1970 to 9999-12-31 in milliseconds)", since=mark)
+    probe.publish(other.removesuffix("value") + "schedule", json.dumps(two_period_schedule(8000, 6000)), retain=True, qos=2)
+    await probe.wait_json(LOGS, lambda d: "keeping the BEMcom schedule until it connects" in d["msg"], since=mark)
+    again = await service.charger("wallbox-1")
+    periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    assert [p["limit"] for p in periods] == [8000, 6000]
+
+
+async def test_a_plan_that_fails_to_apply_is_dropped_and_the_others_still_apply(service_factory, probe: MqttProbe,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever makes one stored plan raise, the loop at READY goes on to the next one. The failing plan
+    is put in place as a build without the timestamp bound stored it (the parser refuses it now)."""
+    service = await start(service_factory, apply_setpoints=True)
+    sim = await service.charger("wallbox-1")
+    other = f"{CN}/messages/8/value"
+    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, other: LIMIT_KEY})
+    await sim._connection.close()
+    await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"offline")
+    sink = service.app.bemcom
+    assert sink is not None
+    sink._plans[LIMIT_TOPIC] = bemcom._Plan(schedule=[bemcom.PlanItem(10**300, None, 7000.0)])  # first in the loop
+    mark = probe.mark()
+    probe.publish(other.removesuffix("value") + "schedule", json.dumps(two_period_schedule(8000, 6000)), retain=True, qos=2)
+    await probe.wait_json(LOGS, lambda d: "keeping the BEMcom schedule until it connects" in d["msg"], since=mark)
+    again = await service.charger("wallbox-1")
+    periods = (await again.wait_for_call("SetChargingProfile"))["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    assert [p["limit"] for p in periods] == [8000, 6000]
+    assert LIMIT_TOPIC not in sink._plans and other in sink._plans
+    assert [r.exc_info[0] for r in caplog.records if r.getMessage().startswith("BEMcom: dropped the setpoint/schedule")] == [OverflowError]
+
+
 # -- issue 13: what an existing BEMcom installation relies on ----------------------------------------
 
 
@@ -990,3 +1048,73 @@ async def test_a_2_0_1_station_gets_datapoints_too(service_factory, probe: MqttP
     request = await sim.wait_for_call("SetChargingProfile")
     schedule = request["chargingProfile"]["chargingSchedule"][0]
     assert (schedule["chargingRateUnit"], schedule["chargingSchedulePeriod"][0]["limit"]) == ("W", 7000)
+
+
+# -- what a charger can make us publish ------------------------------------------------------------
+
+BOOT = {"chargePointVendor": "ACME", "chargePointModel": "Box"}
+
+
+async def raw_charger(service: Service, charger_id: str = "wallbox-1") -> Charger:
+    """A charger sending raw frames (so also ones the simulator's own schema check would stop), booted."""
+    charger = await Charger.connect(service.config["ocpp"]["port"], charger_id)
+    assert (await charger.call("BootNotification", BOOT))[0] == 3
+    return charger
+
+
+async def test_frames_refused_by_the_schema_make_no_datapoints(service_factory, probe: MqttProbe) -> None:
+    """The review's reproduction: StatusNotifications with invented keys, all answered FormationViolation,
+    made 60,006 datapoints and 147.5 MB of available_datapoints. Only what the charge point accepts counts."""
+    service = await start(service_factory)
+    charger = await raw_charger(service)
+    try:
+        await probe.wait_json(AVAILABLE, lambda d: "wallbox-1__BootNotification__charge_point_vendor" in d["sensor"])
+        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+        mark = probe.mark()
+        for frame in range(3):
+            answer = await charger.call("StatusNotification", {**status, **{f"invented_{frame}_{i}": 1 for i in range(100)}})
+            assert answer[0] == 4 and answer[2] == "FormationViolation"
+        sample = {"value": "1", "measurand": "Invented.Measurand", "phase": "L9", "unit": "furlongs"}
+        answer = await charger.call("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2025-01-01T00:00:00Z", "sampledValue": [sample]}]})
+        assert answer[0] == 4
+        # a valid frame with a new key: its available_datapoints comes after anything the refused ones caused
+        assert (await charger.call("StatusNotification", status))[0] == 3
+        await probe.wait_json(AVAILABLE, lambda d: "wallbox-1__StatusNotification__status" in d["sensor"], since=mark)
+        for payload in [*(p for t, p, _ in probe.messages[mark:] if t == AVAILABLE), await retained_payload(probe, AVAILABLE)]:
+            assert b"invented" not in payload and b"Invented" not in payload and b"furlongs" not in payload
+        assert not [k for k in service.app.bemcom._sensors if "nvented" in k or "furlongs" in k]
+    finally:
+        await charger.close()
+
+
+def every_meter_key() -> list[dict[str, str]]:
+    """Schema-valid sampled values, each with its own measurand/phase/unit: 3,960 possible keys."""
+    schema = json.loads((Path(ocpp_call.__file__).parent / "schemas" / "MeterValues.json").read_text(encoding="utf-8"))
+    fields = schema["properties"]["meterValue"]["items"]["properties"]["sampledValue"]["items"]["properties"]
+    return [{"value": "1", "measurand": m, "phase": p, "unit": u}
+            for m in fields["measurand"]["enum"] for p in fields["phase"]["enum"] for u in fields["unit"]["enum"]]
+
+
+async def test_a_charger_gets_at_most_max_datapoints_and_one_warning(service_factory, probe: MqttProbe,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Even schema-valid MeterValues can name thousands of measurand/phase/unit keys."""
+    service = await start(service_factory)
+    charger = await raw_charger(service)
+    samples = every_meter_key()
+    mark = probe.mark()
+    try:
+        for batch in (samples[:300], samples[300:600], samples[600:700]):
+            meter_value = [{"timestamp": "2025-01-01T00:00:00Z", "sampledValue": batch}]
+            assert (await charger.call("MeterValues", {"connectorId": 1, "meterValue": meter_value}))[0] == 3
+        other = await raw_charger(service, "wallbox-2")  # its keys are a barrier: published after wallbox-1's
+        await other.close()
+        available = await probe.wait_json(AVAILABLE, lambda d: "wallbox-2__BootNotification__charge_point_vendor" in d["sensor"])
+        from_frames = [k for k in available["sensor"] if k.startswith("wallbox-1__") and not k.startswith("wallbox-1__state__")]
+        assert len(from_frames) == bemcom.MAX_DATAPOINTS
+        assert "wallbox-1__state__connected" in available["sensor"]  # our own keys are not the charger's to use up
+        # one publish per burst of new keys (a frame, a connect), not one per key: 6 here, 500 uncoalesced
+        assert len([t for t, _, _ in probe.messages[mark:] if t == AVAILABLE]) < 20
+        warnings = [r.getMessage() for r in caplog.records if "datapoints, the most one charger gets" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].startswith(f"BEMcom: wallbox-1 reached {bemcom.MAX_DATAPOINTS} datapoints")
+    finally:
+        await charger.close()

@@ -28,7 +28,7 @@ from ocpp.v16 import call
 from ocpp_addon import auth, config as config_module
 from ocpp_addon.app import App
 from ocpp_addon.broker import EmbeddedBroker
-from ocpp_addon.hub import DISCONNECTED, READY, RESULT
+from ocpp_addon.hub import CONNECTED, DISCONNECTED, READY, RESULT
 from ocpp_addon.logs import LogBudget, OneLineFormatter
 from ocpp_addon.mqtt_bridge import MqttBridge
 from ocpp_addon.simulator import SimOptions, connect
@@ -674,3 +674,106 @@ async def test_check_refuses_an_empty_list_password(tmp_path: Path) -> None:
                                                 stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=tmp_path)
     _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 2 and "ocpp.auth.password: expected text, got a list" in err.decode()
+
+
+# -- commands queued for a charger that does not answer (review r8) ------------------------------------------------------
+
+
+MAX_PENDING_COMMANDS = 16  # the README's limit (hub.MAX_PENDING_COMMANDS)
+
+
+async def wait_results(service: Service, charger_id: str, status: str, count: int, since: int) -> list[Any]:
+    """Wait until ``count`` command results with ``status`` have been emitted for the charger."""
+    def matching() -> list[Any]:
+        return [e for e in service.events[since:] if e.kind == RESULT and e.charger_id == charger_id and e.data.get("status") == status]
+
+    async with service._event_arrived:
+        await asyncio.wait_for(service._event_arrived.wait_for(lambda: len(matching()) >= count), TIMEOUT)
+    return matching()
+
+
+async def test_commands_beyond_the_cap_are_answered_busy_and_a_limit_still_gets_through(
+        service: Service, probe: MqttProbe, caplog: pytest.LogCaptureFixture) -> None:
+    """Every MQTT command was a task waiting for the charger's call lock: 5,000 to a silent charger were 5,001
+    tasks, ~83 h of queue at the default response_timeout, with a new charging limit behind them."""
+    sim = await service.charger("wallbox-1", extra_ignored_actions={"UnlockConnector"})
+    since, extra = len(service.events), 4
+    for _ in range(MAX_PENDING_COMMANDS + extra):
+        probe.publish("ocpp/wallbox-1/unlock/set", "1")
+    busy = await wait_results(service, "wallbox-1", "Busy", extra, since)
+    assert {e.data["command"] for e in busy} == {"unlock_connector"}
+    await probe.wait_json("ocpp/wallbox-1/event", lambda d: d["status"] == "Busy" and d["command"] == "unlock_connector")
+    assert len([r for r in caplog.records if "refused (Busy)" in r.getMessage()]) == 1  # one line, not one per command
+    probe.publish(LIMIT_SET, "10")
+    sim.options.extra_ignored_actions.clear()  # it answers again: the queue drains, the limit follows it
+    result = await service.wait_event(RESULT, "wallbox-1", lambda e: e.data.get("command") == "charging_limit", since=since,
+                                      timeout=TIMEOUT * 2)
+    assert result.data["status"] == "Accepted" and result.data["limit"] == 10
+    assert len(sim.calls("UnlockConnector")) == MAX_PENDING_COMMANDS  # the refused ones never reached the charger
+
+
+async def test_a_refresh_already_waiting_is_not_queued_twice(service: Service, probe: MqttProbe) -> None:
+    sim = await service.charger("wallbox-1", extra_ignored_actions={"TriggerMessage"})
+    since = len(service.events)
+    for _ in range(3):
+        probe.publish("ocpp/wallbox-1/refresh/set", "refresh")
+    queued = await wait_results(service, "wallbox-1", "Queued", 2, since)
+    assert {e.data["command"] for e in queued} == {"refresh"}
+    sim.options.extra_ignored_actions.clear()
+    done = await service.wait_event(RESULT, "wallbox-1", lambda e: e.data.get("command") == "refresh" and e.data["status"] != "Queued",
+                                    since=since, timeout=TIMEOUT * 2)
+    assert done.data["status_notification"] == "Accepted"
+    assert [p["requestedMessage"] for p in sim.calls("TriggerMessage")] == ["MeterValues", "StatusNotification"]
+    probe.publish("ocpp/wallbox-1/refresh/set", "refresh")  # nothing waiting any more: a new refresh is a new request
+    await sim.wait_for_call("TriggerMessage", lambda p: len(sim.calls("TriggerMessage")) == 3)
+
+
+# -- a WebSocket handshake alone is not a charger (review r10) ------------------------------------------------------------
+
+
+async def retained_topics(port: int) -> list[tuple[str, bytes]]:
+    """Every retained message the broker holds, as a client subscribing now sees them."""
+    late = MqttProbe(port, asyncio.get_running_loop())
+    try:
+        await late.subscribe("#")
+        late.publish("test/barrier", "end")  # queued after the retained messages the subscription was sent
+        await late.wait_for("test/barrier")
+        return [(t, p) for t, p, retained in late.messages if retained]
+    finally:
+        late.close()
+
+
+async def test_connections_that_never_say_anything_leave_no_charger_behind(service: Service, probe: MqttProbe) -> None:
+    """With the defaults each new id in the URL got a ChargerState and a retained Home Assistant device,
+    never removed: 1,000 connect-close cycles left 1,000 chargers and 9.4 MB of retained discovery."""
+    sim = await service.charger("wallbox-1")  # booted: it stays after its disconnect
+    ghosts = [f"ghost-{i}" for i in range(50)]
+    since = len(service.events)
+
+    async def connect_and_close(charger_id: str) -> None:
+        async with websockets.connect(f"{service.url}/{charger_id}", subprotocols=["ocpp1.6"]):
+            await service.wait_event(CONNECTED, charger_id, since=since)
+
+    for batch in range(0, len(ghosts), 10):
+        await asyncio.gather(*(connect_and_close(cid) for cid in ghosts[batch:batch + 10]))
+    # slow to boot: shown while connected
+    async with websockets.connect(f"{service.url}/slow-1", subprotocols=["ocpp1.6"]):
+        await probe.wait_json("homeassistant/device/slow-1/config")
+        assert "slow-1" in service.app.hub.states
+    # running since before a reconnect, so it never boots again: one Heartbeat says it is a charger
+    async with websockets.connect(f"{service.url}/running-1", subprotocols=["ocpp1.6"]) as running:
+        await running.send(json.dumps([2, "1", "Heartbeat", {}]))
+        assert json.loads(await running.recv())[0] == 3
+    await sim._connection.close()
+    for cid in [*ghosts, "slow-1", "running-1", "wallbox-1"]:
+        await service.wait_event(DISCONNECTED, cid, since=since)
+    for cid in [*ghosts, "slow-1"]:  # the discovery clears that Home Assistant removes a device on
+        await probe.wait_for(f"homeassistant/device/{cid}/config", lambda p: p == b"")
+
+    hub = service.app.hub
+    assert sorted(hub.states) == ["running-1", "wallbox-1"] and sorted(hub.store.chargers) == ["running-1", "wallbox-1"]
+    retained = await retained_topics(probe.client._port)
+    assert not [t for t, _ in retained if "ghost-" in t or "slow-1" in t]
+    assert {"homeassistant/device/wallbox-1/config", "homeassistant/device/running-1/config"} <= {t for t, _ in retained}
+    info = await probe.wait_json("ocpp/bridge/info", lambda d: d["chargers"] == ["running-1", "wallbox-1"])
+    assert info["connected_chargers"] == 0
