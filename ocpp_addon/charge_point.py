@@ -303,7 +303,7 @@ class ChargePoint(_OcppChargePoint):
             await self._send_error(msg.unique_id, error)
             return
         try:
-            validation.validate_call(msg.action, msg.payload, self.ocpp_version)
+            validation.validate_call(msg.action, msg.payload, self.ocpp_version, wire=True)
         except OCPPError as err:
             cause = (err.details or {}).get("cause", err.description)
             fixed = self.repaired_call(msg.action, msg.payload) if self.lenient else None
@@ -375,7 +375,7 @@ class ChargePoint(_OcppChargePoint):
         answer = response.payload
         if not skip_schema_validation:
             try:
-                validation.validate_result(action, answer, self.ocpp_version)
+                validation.validate_result(action, answer, self.ocpp_version, wire=True)
             except OCPPError as err:
                 lenient = self.repaired_result(action, answer) if self.lenient else None
                 if lenient is None:
