@@ -320,7 +320,7 @@ class HomeAssistantSink:
         for cid in dirty:
             state = self.hub.states.get(cid)
             if state is not None:
-                self.mqtt.publish(f"{self.base}/{cid}/state", strict_json.dumps(state_payload(state, self.config)), retain=True)
+                self.mqtt.publish(f"{self.base}/{cid}/state", strict_json.dumps_bytes(state_payload(state, self.config)), retain=True)
 
     def _publish_discovery(self, state: ChargerState, force: bool = False) -> None:
         if not self.discovery_enabled:

@@ -318,10 +318,12 @@ class ChargerState:
         return known or [1]
 
     def active_transaction(self) -> tuple[int, Connector] | None:
-        for connector_id, connector in sorted(self.connectors.items()):
-            if connector.transaction_id is not None:
-                return connector_id, connector
-        return None
+        """The lowest-numbered connector with a transaction (asked several times per state message: no sort)."""
+        found: tuple[int, Connector] | None = None
+        for connector_id, connector in self.connectors.items():
+            if connector.transaction_id is not None and (found is None or connector_id < found[0]):
+                found = connector_id, connector
+        return found
 
     def end_live_readings(self, connector_id: int) -> list[str]:
         """A transaction ended: the power and currents it drew are over (the energy register is a total and stays).

@@ -555,6 +555,24 @@ async def test_connector_id_1e400_and_a_thousand_connectors(service_factory: Any
     await ws.close()
 
 
+async def test_readings_that_sum_beyond_float_range_are_published_as_null(service_factory: Any, probe: MqttProbe) -> None:
+    """Three phases of 1e308 W are each finite, their sum is not: the state still goes out as valid JSON with
+    power null (the json writer raised there, so that state message and the rest of its flush never went out)."""
+    service = await service_factory()
+    ws = await websockets.connect(f"{service.url}/wallbox-1", subprotocols=["ocpp1.6"])
+    sampled = [{"value": "1e308", "measurand": "Power.Active.Import", "phase": phase, "unit": "W"} for phase in ("L1", "L2", "L3")]
+    sampled.append({"value": "12.5", "measurand": "Current.Import", "phase": "L1", "unit": "A"})
+    await ws.send(json.dumps([2, "m1", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2026-01-01T00:00:00Z",
+                                                                                          "sampledValue": sampled}]}]))
+    assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == [3, "m1", {}]
+    state = await probe.wait_json("ocpp/wallbox-1/state", lambda d: d.get("current_l1") == 12.5)
+    assert state["power"] is None and state["power_l1"] == 1e308
+    for topic, payload, _ in probe.messages:
+        if payload and payload[:1] in (b"{", b"["):
+            json.loads(payload, parse_constant=lambda c: pytest.fail(f"{c} in {topic}"))
+    await ws.close()
+
+
 # -- 10. an empty payload (how MQTT deletes a retained message) commands nothing ----------------------------------------
 
 

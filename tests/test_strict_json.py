@@ -98,3 +98,22 @@ def test_anything_else_fails_or_reads_the_same(text: str) -> None:
 def test_edges_read_the_same(text: str) -> None:
     assert outcome(strict_json.loads, text) == outcome(reference, text)
     assert outcome(strict_json.loads, text.encode("utf-8", "surrogatepass")) == outcome(reference, text.encode("utf-8", "surrogatepass"))
+
+
+PUBLISHED = st.recursive(st.one_of(st.none(), st.booleans(), st.text(max_size=8), st.integers(-(2**70), 2**70),
+                                   st.floats(allow_nan=False, allow_infinity=False)),
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=PUBLISHED)
+def test_dumps_bytes_writes_what_dumps_writes(value: Any) -> None:
+    """Compact and UTF-8 instead of ASCII-escaped, but read back the same, type for type."""
+    assert outcome(reference, strict_json.dumps_bytes(value)) == outcome(reference, strict_json.dumps(value))
+
+
+def test_dumps_bytes_writes_non_finite_floats_as_null() -> None:
+    assert strict_json.dumps_bytes({"power": float("inf"), "soc": float("nan"), "energy": 1.5}) == b'{"power":null,"soc":null,"energy":1.5}'
+    assert strict_json.dumps_bytes({"huge": 2**70, "unit": "°C"}) == '{"huge":1180591620717411303424,"unit":"°C"}'.encode()
+    with pytest.raises(ValueError):
+        strict_json.dumps({"power": float("inf")})
