@@ -573,6 +573,16 @@ async def test_readings_that_sum_beyond_float_range_are_published_as_null(servic
     await ws.close()
 
 
+@pytest.mark.parametrize("unique_id", ['a"b\\c', "\u00e9\U0001f600", "</script>", "x" * 36])
+async def test_an_empty_answer_is_the_frame_json_would_write(service_factory: Any, unique_id: str) -> None:
+    """Empty results (MeterValues, StatusNotification) skip the dataclass serialisation; the id is still JSON-escaped."""
+    service = await service_factory()
+    ws = await websockets.connect(f"{service.url}/wallbox-1", subprotocols=["ocpp1.6"])
+    await ws.send(json.dumps([2, unique_id, "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}]))
+    assert await asyncio.wait_for(ws.recv(), TIMEOUT) == json.dumps([3, unique_id, {}], separators=(",", ":"))
+    await ws.close()
+
+
 # -- 10. an empty payload (how MQTT deletes a retained message) commands nothing ----------------------------------------
 
 
