@@ -1013,7 +1013,9 @@ def summarize_cprofile(path: Path, top: int = 15) -> str:
 
 
 def pyspy_binary() -> str | None:
-    return shutil.which("py-spy") or next((p for p in ("/tmp/pyspy/bin/py-spy",) if os.path.exists(p)), None)
+    """py-spy on PATH, or installed into the venv running this script (``pip install py-spy``)."""
+    beside = str(Path(sys.executable).with_name("py-spy"))
+    return shutil.which("py-spy") or next((p for p in (beside, "/tmp/pyspy/bin/py-spy") if os.path.exists(p)), None)
 
 
 def start_pyspy(pid: int, duration: float, out: Path, rate: int = 100, idle: bool = False) -> subprocess.Popen[bytes] | None:

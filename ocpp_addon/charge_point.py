@@ -18,6 +18,7 @@ Charge points never touch MQTT: they update :class:`ChargerState` and tell the h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -99,6 +100,17 @@ def camel_keys(data: Any) -> Any:
     if isinstance(data, list):
         return [camel_keys(v) for v in data]
     return data
+
+
+_FIELDLESS: dict[type, bool] = {}  # keyed by the result classes our handlers return: a handful
+
+
+def _fieldless(kind: type) -> bool:
+    """A result dataclass without fields, whose payload is always ``{}`` (serialize_as_dict costs ~3 µs)."""
+    known = _FIELDLESS.get(kind)
+    if known is None:
+        known = _FIELDLESS[kind] = dataclasses.is_dataclass(kind) and not dataclasses.fields(kind)
+    return known
 
 
 def _short(frame: Any) -> str:
@@ -228,7 +240,7 @@ class ChargePoint(_OcppChargePoint):
                 frame = await self._connection.recv()
                 if self._answer_due and _looks_like_answer(frame):
                     self._answer_due = False  # one free frame per CALL of ours: answering us is not flooding
-                elif not await self._within_rate():
+                elif not self._take_token() and not await self._over_rate():
                     return
                 if isinstance(frame, bytes):
                     self._warn("%s: ignored a binary frame (%d bytes); OCPP-J uses text frames", self.id, len(frame))
@@ -241,9 +253,22 @@ class ChargePoint(_OcppChargePoint):
         except ConnectionClosed:
             return
 
-    async def _within_rate(self) -> bool:
+    def _take_token(self) -> bool:
         """Fairness: one charger's frames are read at most ``ocpp.max_message_rate`` per second
         (after a burst of ``message_burst``), so a flood from one cannot slow every other one.
+
+        Takes this frame's token; True when the charger is within its rate and was not held
+        back (every frame of a charger that obeys OCPP), else :meth:`_over_rate` decides.
+        Not a coroutine: the common case costs no await.
+        """
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        self._tokens -= 1.0
+        return self._tokens >= 0 and self._held_since is None
+
+    async def _over_rate(self) -> bool:
+        """After :meth:`_take_token` said no: wait for the token, or end a flood.
 
         Waiting here leaves the frames in websockets' queue and then the kernel's buffers: TCP
         flow control slows the sender, and none of its frames cost us CPU until their turn.
@@ -251,10 +276,7 @@ class ChargePoint(_OcppChargePoint):
         one that keeps a backlog of unread frames for ``flood_disconnect_after`` seconds is
         disconnected (1008). False when the connection was closed here.
         """
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
-        self._tokens_at = now
-        self._tokens -= 1.0
+        now = self._tokens_at
         if self._tokens >= 0:
             if self._held_since is not None:
                 self._held_since = None
@@ -325,7 +347,7 @@ class ChargePoint(_OcppChargePoint):
             await self._send_error(msg.unique_id, error)
             return
         try:
-            validation.validate_call(msg.action, msg.payload, self.ocpp_version)
+            validation.validate_call(msg.action, msg.payload, self.ocpp_version, wire=True)
         except OCPPError as err:
             cause = (err.details or {}).get("cause", err.description)
             fixed = self.repaired_call(msg.action, msg.payload) if self.lenient else None
@@ -352,12 +374,15 @@ class ChargePoint(_OcppChargePoint):
             response = handlers["_on_action"](**kwargs)
             if inspect.isawaitable(response):
                 response = await response
-            payload = camel_keys(remove_nones(serialize_as_dict(response)))
+            if _fieldless(type(response)):  # MeterValues, StatusNotification, ...: the answer is {}
+                frame = f"[3,{json.dumps(msg.unique_id)},{{}}]"
+            else:
+                frame = json.dumps([3, msg.unique_id, camel_keys(remove_nones(serialize_as_dict(response)))], separators=(",", ":"))
         except Exception:  # a bug of ours must not cost the charger its connection
             _LOGGER.exception("%s: internal error while handling %s", self.id, msg.action)
             await self._send_error(msg.unique_id, InternalError(details={"cause": f"internal error handling {msg.action}"}))
             return
-        await self._send(json.dumps([3, msg.unique_id, payload], separators=(",", ":")))
+        await self._send(frame)
         after_handler = handlers.get("_after_action")
         if after_handler is not None:
             result = after_handler(**kwargs)
@@ -397,7 +422,7 @@ class ChargePoint(_OcppChargePoint):
         answer = response.payload
         if not skip_schema_validation:
             try:
-                validation.validate_result(action, answer, self.ocpp_version)
+                validation.validate_result(action, answer, self.ocpp_version, wire=True)
             except OCPPError as err:
                 lenient = self.repaired_result(action, answer) if self.lenient else None
                 if lenient is None:

@@ -328,7 +328,7 @@ class HomeAssistantSink:
             if state is None:
                 continue
             try:
-                payload = strict_json.dumps(state_payload(state, self.config))
+                payload = strict_json.dumps_bytes(state_payload(state, self.config))
             except ValueError as err:  # a value JSON cannot carry: this charger's state waits, the others' do not
                 _LOGGER.error("%s: state not published: %s", cid, err)
                 continue

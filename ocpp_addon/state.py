@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 if TYPE_CHECKING:
@@ -141,29 +142,37 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
         if not isinstance(sample, dict):
             continue
         measurand = sample.get("measurand") or DEFAULT_MEASURAND
-        known = MEASURANDS.get(measurand)
-        if known is None:
-            _LOGGER.debug("skipping unknown measurand %r", measurand)
+        unit = sample.get("unit")
+        reading = _reading(measurand, unit, sample.get("phase"))
+        if reading is None:
+            if measurand in MEASURANDS:  # the same debug lines as before the cache
+                if parse_number(sample.get("value")) is not None:
+                    _LOGGER.debug("skipping %s with unknown unit %r", measurand, unit)
+            else:
+                _LOGGER.debug("skipping unknown measurand %r", measurand)
             continue
-        key, target = known
-        number = parse_number(sample.get("value"))
-        if number is None:
-            continue
-        converted = _convert(number, sample.get("unit"), target)
-        if converted is None:
-            _LOGGER.debug("skipping %s with unknown unit %r", measurand, sample.get("unit"))
-            continue
-        full_key = key + _phase_suffix(sample.get("phase"))
+        value = sample.get("value")
+        if type(value) is str and len(value) <= 100 and _NUMBER_RE.fullmatch(value):  # parse_number's common case, inline
+            number = float(value)
+            if not math.isfinite(number):
+                continue
+        else:
+            number = parse_number(value)  # type: ignore[assignment]
+            if number is None:
+                continue
+        full_key, factor, temperature_unit = reading
         # Some chargers repeat the Transaction.Begin reading inside every periodic sample:
         # a live reading of the same quantity wins over a session-boundary one.
-        boundary = sample.get("context") in BOUNDARY_CONTEXTS
-        if boundary and full_key in readings and full_key not in from_boundary:
-            continue
-        if boundary:
+        if sample.get("context") in BOUNDARY_CONTEXTS:
+            if full_key in readings and full_key not in from_boundary:
+                continue
             from_boundary.add(full_key)
-        else:
+        elif from_boundary:
             from_boundary.discard(full_key)
-        readings[full_key] = round(converted, 6)
+        if temperature_unit is None:
+            readings[full_key] = round(number * factor, 6)
+        else:
+            readings[full_key] = round(_convert(number, temperature_unit, "°C"), 6)  # type: ignore[arg-type]
     currents = [readings[f"current_{p}"] for p in ("l1", "l2", "l3") if f"current_{p}" in readings]
     if "current" not in readings and currents:
         readings["current"] = max(currents)  # the per-phase current a limit in A is compared with
@@ -178,6 +187,28 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
     if not all(math.isfinite(v) for v in readings.values()):  # "1e308" kW is a finite string but not a finite reading
         readings = {k: v for k, v in readings.items() if math.isfinite(v)}
     return readings
+
+
+@lru_cache(maxsize=1024)
+def _reading(measurand: Any, unit: Any, phase: Any) -> tuple[str, float, str | None] | None:
+    """How to read one kind of sample: (sensor key, factor, temperature unit), None if we cannot.
+
+    A charger sends the same few (measurand, unit, phase) in every MeterValues, so this runs
+    once per kind instead of per sample; charger-chosen strings, hence the bounded cache.
+    The value is ``number * factor`` as in :func:`_convert`, or for a temperature
+    ``_convert(number, unit, "°C")``."""
+    known = MEASURANDS.get(measurand)
+    if known is None:
+        return None
+    key, target = known
+    if _convert(1.0, unit, target) is None:
+        return None
+    full_key = key + _phase_suffix(phase)
+    if target == "°C":
+        return full_key, 1.0, unit
+    if target in _DEFAULT_UNIT:
+        return full_key, _SCALE[((unit or _DEFAULT_UNIT[target]).strip().lower(), target)], None
+    return full_key, 1.0, None
 
 
 BOUNDARY_CONTEXTS = frozenset({"Transaction.Begin", "Transaction.End"})
@@ -289,10 +320,12 @@ class ChargerState:
         return known or [1]
 
     def active_transaction(self) -> tuple[int, Connector] | None:
-        for connector_id, connector in sorted(self.connectors.items()):
-            if connector.transaction_id is not None:
-                return connector_id, connector
-        return None
+        """The lowest-numbered connector with a transaction (asked several times per state message: no sort)."""
+        found: tuple[int, Connector] | None = None
+        for connector_id, connector in self.connectors.items():
+            if connector.transaction_id is not None and (found is None or connector_id < found[0]):
+                found = connector_id, connector
+        return found
 
     def end_live_readings(self, connector_id: int) -> list[str]:
         """A transaction ended: the power and currents it drew are over (the energy register is a total and stays).

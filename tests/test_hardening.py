@@ -593,6 +593,34 @@ async def test_a_2_0_1_transaction_on_an_evse_above_max_connectors_is_refused(se
         await ws.close()
 
 
+async def test_readings_that_sum_beyond_float_range_are_published_as_null(service_factory: Any, probe: MqttProbe) -> None:
+    """Three phases of 1e308 W are each finite, their sum is not: the state still goes out as valid JSON with
+    power null (the json writer raised there, so that state message and the rest of its flush never went out)."""
+    service = await service_factory()
+    ws = await websockets.connect(f"{service.url}/wallbox-1", subprotocols=["ocpp1.6"])
+    sampled = [{"value": "1e308", "measurand": "Power.Active.Import", "phase": phase, "unit": "W"} for phase in ("L1", "L2", "L3")]
+    sampled.append({"value": "12.5", "measurand": "Current.Import", "phase": "L1", "unit": "A"})
+    await ws.send(json.dumps([2, "m1", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2026-01-01T00:00:00Z",
+                                                                                          "sampledValue": sampled}]}]))
+    assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == [3, "m1", {}]
+    state = await probe.wait_json("ocpp/wallbox-1/state", lambda d: d.get("current_l1") == 12.5)
+    assert state["power"] is None and state["power_l1"] == 1e308
+    for topic, payload, _ in probe.messages:
+        if payload and payload[:1] in (b"{", b"["):
+            json.loads(payload, parse_constant=lambda c: pytest.fail(f"{c} in {topic}"))
+    await ws.close()
+
+
+@pytest.mark.parametrize("unique_id", ['a"b\\c', "\u00e9\U0001f600", "</script>", "x" * 36])
+async def test_an_empty_answer_is_the_frame_json_would_write(service_factory: Any, unique_id: str) -> None:
+    """Empty results (MeterValues, StatusNotification) skip the dataclass serialisation; the id is still JSON-escaped."""
+    service = await service_factory()
+    ws = await websockets.connect(f"{service.url}/wallbox-1", subprotocols=["ocpp1.6"])
+    await ws.send(json.dumps([2, unique_id, "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}]))
+    assert await asyncio.wait_for(ws.recv(), TIMEOUT) == json.dumps([3, unique_id, {}], separators=(",", ":"))
+    await ws.close()
+
+
 # -- 10. an empty payload (how MQTT deletes a retained message) commands nothing ----------------------------------------
 
 

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from ocpp_addon.state import parse_meter_values, parse_number, parse_sampled_values, parse_timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocpp_addon.state import (
+    BOUNDARY_CONTEXTS,
+    DEFAULT_MEASURAND,
+    MEASURANDS,
+    _convert,
+    _phase_suffix,
+    parse_meter_values,
+    parse_number,
+    parse_sampled_values,
+    parse_timestamp,
+)
 
 
 def sv(value: object, measurand: str | None = None, unit: str | None = None, phase: str | None = None) -> dict:
@@ -63,3 +76,69 @@ def test_number_and_timestamp_parsing() -> None:
     assert parse_timestamp("2024-05-01T10:00:00").tzinfo is not None  # no zone: UTC
     assert parse_timestamp("2024-05-01T10:00:00+02:00").hour == 10
     assert parse_timestamp("yesterday") is None
+
+
+# --- the cached reading path gives what the straightforward one gave ------------------------------
+
+def reference_parse_sampled_values(sampled: list) -> dict:
+    """parse_sampled_values before the per-kind cache (commit 992471c): the oracle."""
+    readings: dict = {}
+    from_boundary: set = set()
+    for sample in sampled:
+        if not isinstance(sample, dict):
+            continue
+        known = MEASURANDS.get(sample.get("measurand") or DEFAULT_MEASURAND)
+        if known is None:
+            continue
+        key, target = known
+        number = parse_number(sample.get("value"))
+        if number is None:
+            continue
+        converted = _convert(number, sample.get("unit"), target)
+        if converted is None:
+            continue
+        full_key = key + _phase_suffix(sample.get("phase"))
+        boundary = sample.get("context") in BOUNDARY_CONTEXTS
+        if boundary and full_key in readings and full_key not in from_boundary:
+            continue
+        if boundary:
+            from_boundary.add(full_key)
+        else:
+            from_boundary.discard(full_key)
+        readings[full_key] = round(converted, 6)
+    currents = [readings[f"current_{p}"] for p in ("l1", "l2", "l3") if f"current_{p}" in readings]
+    if "current" not in readings and currents:
+        readings["current"] = max(currents)
+    elif "current" not in readings and "current_n" in readings:
+        readings["current"] = readings["current_n"]
+    powers = [readings[f"power_{p}"] for p in ("l1", "l2", "l3") if f"power_{p}" in readings]
+    if "power" not in readings and powers:
+        readings["power"] = round(sum(powers), 6)
+    volts = [readings[f"voltage_{p}"] for p in ("l1", "l2", "l3") if f"voltage_{p}" in readings]
+    if "voltage" not in readings and volts:
+        readings["voltage"] = round(sum(volts) / len(volts), 3)
+    return readings
+
+
+def maybe(values: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.none(), values)
+
+
+SAMPLES = st.lists(st.one_of(st.fixed_dictionaries({}, optional={
+    "value": st.one_of(
+        st.floats(-1e6, 1e6).map(lambda x: f"{x:.3f}"), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.booleans(),
+        st.sampled_from(["", " 12.5 ", "1_9", "nan", "inf", "1e400", "\u0661\u0662", "+.5", "5.", "-0", "1e3", "x" * 101]), st.text(max_size=6)),
+    "measurand": maybe(st.one_of(st.sampled_from(sorted(MEASURANDS)), st.just(""), st.text(max_size=5))),
+    "unit": maybe(st.one_of(st.sampled_from(["Wh", "kWh", " KWH ", "W", "kW", "A", "V", "varh", "kvar", "var", "Percent", "Celsius", "Fahrenheit",
+                                             "K", "Kelvin", "c", "", "mA"]), st.text(max_size=4))),
+    "phase": maybe(st.one_of(st.sampled_from(["L1", "L2", "L3", "N", "L1-N", "l2-n", "L1-L2", "L3-L1", " L1 ", "L1-L4", ""]), st.text(max_size=5))),
+    "context": maybe(st.sampled_from(["Sample.Periodic", "Transaction.Begin", "Transaction.End", "Sample.Clock"])),
+}), st.none(), st.just("x")), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(sampled=SAMPLES)
+def test_cached_readings_equal_the_straightforward_ones(sampled: list) -> None:
+    expected = reference_parse_sampled_values(sampled)
+    got = parse_sampled_values(sampled)
+    assert got == expected and list(got) == list(expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import decimal
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,35 @@ def library_verdict(kind: str, action: str, payload: Any, version: str = "1.6") 
 
 
 def our_verdict(kind: str, action: str, payload: Any, version: str = "1.6") -> type[OCPPError] | None:
+    """Our error class, the same whether the payload counts as parsed JSON (``wire``) or not."""
     before = copy.deepcopy(payload)
-    try:
-        (validate_call if kind == "call" else validate_result)(action, payload, version)
-    except OCPPError as exc:
-        verdict: type[OCPPError] | None = type(exc)
-        cause = exc.details["cause"]
-        assert set(exc.details) == {"cause"} and isinstance(cause, str) and len(cause) < 200, exc.details
-    else:
-        verdict = None
+    verdicts, causes = [], []
+    for wire in (False, True):
+        try:
+            (validate_call if kind == "call" else validate_result)(action, payload, version, wire=wire)
+        except OCPPError as exc:
+            verdicts.append(type(exc))
+            cause = exc.details["cause"]
+            causes.append(cause)
+            assert set(exc.details) == {"cause"} and isinstance(cause, str) and len(cause) < 200, exc.details
+        else:
+            verdicts.append(None)
     assert payload == before, "validation must not change the payload"
-    return verdict
+    assert verdicts[0] is verdicts[1] and causes[:1] == causes[1:], (verdicts, causes)
+    rust = rust_accepts(kind, action, payload, version)
+    assert rust is None or rust == (verdicts[0] is None), f"jsonschema-rs says valid={rust}, the library {verdicts[0]}"
+    return verdicts[0]
+
+
+def rust_accepts(kind: str, action: str, payload: Any, version: str = "1.6") -> bool | None:
+    """jsonschema-rs's own verdict (the wire fast path), None where it is not used or cannot take the value."""
+    schema = validation._compiled.get((version, action, kind == "result")) or validation._compile(version, action, kind == "result")
+    if schema.accepts is None:
+        return None
+    try:
+        return schema.accepts(payload)
+    except ValueError:
+        return None
 
 
 def assert_same_verdict(kind: str, action: str, payload: Any, version: str = "1.6") -> type[OCPPError] | None:
@@ -428,3 +447,47 @@ def test_each_schema_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ProtocolError):
             validate_call("Authorize", {})
     assert compiled == ["HeartbeatRequest", "HeartbeatResponse", "AuthorizeRequest"]
+
+
+# --- the jsonschema-rs fast path ----------------------------------------------------------------
+
+
+def test_a_valid_wire_payload_is_decided_by_jsonschema_rs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = {"connectorId": 1, "meterValue": [{"timestamp": "2024-01-01T00:00:00Z", "sampledValue": [
+        {"value": "12.5", "measurand": "Current.Import", "phase": "L1", "unit": "A"}]}]}
+    validate_call("MeterValues", payload)  # compiled and cached
+    schema = validation._compiled[("1.6", "MeterValues", False)]
+    assert schema.accepts is not None and schema.accepts(payload)
+
+    def compiled_check(value: Any) -> None:
+        raise AssertionError("fastjsonschema ran for a payload jsonschema-rs accepts")
+
+    monkeypatch.setattr(validation, "_compiled", {**validation._compiled, ("1.6", "MeterValues", False): replace(schema, check=compiled_check)})
+    validate_call("MeterValues", payload, wire=True)
+    with pytest.raises(AssertionError):
+        validate_call("MeterValues", payload)
+
+
+def test_a_rejection_by_jsonschema_rs_keeps_the_library_error_and_cause() -> None:
+    payload = {"connectorId": "1", "errorCode": "NoError"}
+    assert rust_accepts("call", "StatusNotification", payload) is False
+    with pytest.raises(TypeConstraintViolationError) as caught:
+        validate_call("StatusNotification", payload, wire=True)
+    assert caught.value.details == {"cause": "connectorId: expected integer, got string"}
+
+
+@pytest.mark.parametrize(("kind", "action"), DECIMAL_CASES)
+def test_schemas_with_multiple_of_never_use_jsonschema_rs(kind: str, action: str) -> None:
+    """It decides multipleOf in floats (6.2 / 0.1 is not whole there); the library in decimals."""
+    assert rust_accepts(kind, action, with_limit(kind, action, 6.2)) is None
+    assert our_verdict(kind, action, with_limit(kind, action, 6.2)) is None
+
+
+def test_values_json_cannot_hold_keep_the_library_type_rules() -> None:
+    """Our own outgoing payloads are Python objects: ``Decimal("1")`` is no Draft 4 integer for the
+    library, while jsonschema-rs takes it for one; so only payloads parsed from JSON use it."""
+    payload = {"connectorId": decimal.Decimal("1"), "type": "Operative"}
+    assert rust_accepts("call", "ChangeAvailability", payload) is True
+    assert library_verdict("call", "ChangeAvailability", payload) is TypeConstraintViolationError
+    with pytest.raises(TypeConstraintViolationError):
+        validate_call("ChangeAvailability", payload)
