@@ -1,4 +1,4 @@
-"""Print requirements.lock: the installed versions of ocpp-addon's runtime dependencies, transitively.
+"""Print requirements.lock: the installed versions of ocpp-addon's runtime dependencies and its [fast] extra, transitively.
 
 Run it with the venv the tests pass in: .venv/bin/python scripts/lock_requirements.py > requirements.lock
 """
@@ -36,6 +36,10 @@ def closure(name: str, seen: dict[str, str]) -> dict[str, str]:
 
 def main() -> None:
     pins = closure("ocpp-addon", {})
+    for line in distribution("ocpp-addon").requires or []:  # the [fast] extra goes into the image too
+        requirement = Requirement(line)
+        if requirement.marker is not None and requirement.marker.evaluate({"extra": "fast"}) and "extra" in str(requirement.marker):
+            closure(requirement.name, pins)
     pins.pop("ocpp-addon")
     print(HEADER)
     for name, version in sorted(pins.items()):

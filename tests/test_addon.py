@@ -818,6 +818,8 @@ def test_dockerfile_builds_on_the_python_base_image_with_pinned_dependencies() -
             pins[name.lower().replace("_", "-")] = version
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     block = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S).group(1)
+    assert '"/tmp/ocpp_addon[fast]"' in dockerfile  # uvloop in the image, pinned like the rest
+    block += re.search(r"^fast = \[(.*?)\]", pyproject, re.M).group(1).replace(", ", "\n")
     for spec in re.findall(r'^\s*"([^"]+)"', block, re.M):
         requirement = Requirement(spec)
         name = requirement.name.lower().replace("_", "-")

@@ -344,7 +344,8 @@ async def test_the_image_runs_under_a_supervisor_healthcheck_passes_sigterm_is_c
         containers.append(app)
         await app.start()
         await app.wait_line("MQTT broker from the Supervisor: 127.0.0.1", START_TIMEOUT)
-        await app.wait_line("ready:", START_TIMEOUT)
+        ready = await app.wait_line("ready:", START_TIMEOUT)
+        assert ready.rstrip().endswith("event loop uvloop"), ready  # the image installs the [fast] extra
         await probe.wait_for("ocpp/bridge/state", lambda p: p == b"online")
         assert await app.healthcheck() == 0, app.health_output
         # The chargers page (ingress): its files are in the installed package, and only the Supervisor's
