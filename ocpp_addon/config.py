@@ -254,6 +254,9 @@ SCHEMA = vol.Schema(
             vol.Optional("ocpp_topics", default=True): vol.Boolean(),
             vol.Optional("discovery", default=True): vol.Boolean(),
             vol.Optional("discovery_prefix", default="homeassistant"): _topic_level,
+            # A charger's state message when only its readings changed: at most once per this many
+            # seconds (the newest values); status, transaction and limit changes go out at once. 0: every time.
+            vol.Optional("readings_interval", default=0.25): vol.All(_finite, vol.Range(min=0, max=60)),
             vol.Optional("keepalive", default=60): vol.All(vol.Coerce(int), vol.Range(min=5, max=3600)),
             vol.Optional("ssl", default=False): vol.Boolean(),
             # TLS details (any of ca_certs/certfile also turns TLS on); tls_insecure skips certificate checks.

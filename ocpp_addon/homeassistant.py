@@ -219,6 +219,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
+# Derived from the readings (the energy register, the clock): as unhurried as the readings themselves.
+SESSION_KEYS = frozenset({"session_energy", "session_duration"})
+
+
 class HomeAssistantSink:
     """Publishes discovery, availability, state and events; turns command topics into hub calls."""
 
@@ -233,6 +237,13 @@ class HomeAssistantSink:
         self._announced: dict[str, frozenset[str]] = {}  # component keys in the last discovery, per charger
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        # Readings alone go out at most once per readings_interval per charger (the newest values then);
+        # anything else (status, transaction, limits) at once. See _flush.
+        self._readings_interval: float = config["mqtt"]["readings_interval"]
+        self._urgent: set[str] = set()
+        self._last_state: dict[str, float] = {}  # charger -> loop time of its last state publish
+        self._held: set[str] = set()
+        self._held_handle: asyncio.TimerHandle | None = None
         self._birth_handle: asyncio.TimerHandle | None = None
         self._bridge_info_handle: asyncio.TimerHandle | None = None
         self.instance: str | None = config.get("instance_id")
@@ -272,7 +283,8 @@ class HomeAssistantSink:
             announced = self._announced.get(cid, frozenset())
             if self.discovery_enabled and any(k not in announced and is_entity_key(k) for k in event.changed):
                 self._publish_discovery(event.state)  # a new per-phase or per-connector value: announce it
-            self._mark_dirty(cid)
+            readings = event.state.readings
+            self._mark_dirty(cid, urgent=not all(k in readings or k in SESSION_KEYS for k in event.changed))
         elif kind == RESULT:
             self._publish_event(cid, event.data)
             if self.instance is not None and event.data.get("command") == "charging_limit" and event.data.get("status") in FINAL_REFUSALS:
@@ -308,31 +320,63 @@ class HomeAssistantSink:
             self._mark_dirty(cid)
         elif kind == REMOVED:
             self._published_discovery.pop(cid, None)
+            self._last_state.pop(cid, None)
+            self._held.discard(cid)
             self.mqtt.publish(discovery_topic(self.prefix, cid), "", retain=True, qos=1)
             # also the retained desired setpoint, or a new charger with this id would inherit it
             for topic in ("state", "availability", "connection", "charging_limit/set"):
                 self.mqtt.publish(f"{self.base}/{cid}/{topic}", "", retain=True, qos=1)
 
-    def _mark_dirty(self, charger_id: str) -> None:
+    def _mark_dirty(self, charger_id: str, urgent: bool = True) -> None:
         """Coalesce: a MeterValues with ten readings becomes one state publish."""
         self._dirty.add(charger_id)
+        if urgent:
+            self._urgent.add(charger_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Publish each changed charger's state; one whose only news is readings waits out its interval.
+
+        A charger reporting every 10 s is published at once, every time. One flooding MeterValues
+        (a closed-loop benchmark, a firmware stuck in a loop) gets one state per ``readings_interval``
+        with its newest values, not one per message: the MQTT output was ~40 µs of ~170 µs per message.
+        A change of anything but readings (status, transaction, limits) goes out at once, so no
+        transition an automation may trigger on is merged away.
+        """
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, set()
+        urgent, self._urgent = self._urgent, set()
+        now = asyncio.get_running_loop().time()
         for cid in dirty:
-            state = self.hub.states.get(cid)
-            if state is None:
+            last = self._last_state.get(cid)
+            if cid not in urgent and last is not None and now - last < self._readings_interval:
+                self._held.add(cid)
                 continue
-            try:
-                payload = strict_json.dumps_bytes(state_payload(state, self.config))
-            except ValueError as err:  # a value JSON cannot carry: this charger's state waits, the others' do not
-                _LOGGER.error("%s: state not published: %s", cid, err)
-                continue
-            self.mqtt.publish(f"{self.base}/{cid}/state", payload, retain=True)
+            self._held.discard(cid)
+            self._publish_state(cid, now)
+        if self._held and self._held_handle is None:
+            self._held_handle = asyncio.get_running_loop().call_later(self._readings_interval, self._release_held)
+
+    def _release_held(self) -> None:
+        self._held_handle = None
+        held, self._held = self._held, set()
+        now = asyncio.get_running_loop().time()
+        for cid in held:
+            self._publish_state(cid, now)
+
+    def _publish_state(self, cid: str, now: float) -> None:
+        state = self.hub.states.get(cid)
+        if state is None:
+            return
+        try:
+            payload = strict_json.dumps_bytes(state_payload(state, self.config))
+        except ValueError as err:  # a value JSON cannot carry: this charger's state waits, the others' do not
+            _LOGGER.error("%s: state not published: %s", cid, err)
+            return
+        self._last_state[cid] = now
+        self.mqtt.publish(f"{self.base}/{cid}/state", payload, retain=True)
 
     def _publish_discovery(self, state: ChargerState, force: bool = False) -> None:
         if not self.discovery_enabled:

@@ -19,16 +19,15 @@ _HOP_HEADERS = {"host", "connection", "upgrade", "transfer-encoding", "content-l
                 "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-accept"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class IngressProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream = f"http://127.0.0.1:{upstream_port}"
-        self.port = _free_port()
+        # Bound now and handed to the server as it is: a port picked, closed and bound again later can be
+        # taken in between by any outgoing connection of the suite (it failed once that way).
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(100)
+        self.port: int = self._socket.getsockname()[1]
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -42,7 +41,7 @@ class IngressProxy:
         app.router.add_route("GET", INGRESS_PATH + "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.SockSite(self._runner, self._socket).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
