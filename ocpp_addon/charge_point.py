@@ -533,13 +533,11 @@ class ChargePoint(_OcppChargePoint):
             state.readings.update(readings)
             supply = learn_supply(state.readings) if connector_id <= 1 else None
             if supply is not None:
-                known = state.supply
+                known, state.supply = state.supply, supply
                 if known is None or (known.dc, known.phases) != (supply.dc, supply.phases):
                     # Once per change of kind, not per sample: the voltage moves a little with every one.
                     _LOGGER.info("%s: its readings show %s", self.id, "DC" if supply.dc else f"{supply.phases}-phase AC at {supply.voltage:g} V")
-                    state.supply = supply
                     self.hub.supply_learned(self)
-                state.supply = supply
         active = state.active_transaction()
         if active and active[0] == max(connector_id, 1) and "energy" in readings:
             changed += self._update_session(active[1])
