@@ -122,10 +122,15 @@ class App:
             self.bemcom.start()
         await self.mqtt.start()
         try:
-            await asyncio.wait_for(self.mqtt.connected.wait(), FIRST_CONNECT_WAIT)
+            # subscribed, not just connected: a command published once we say "ready" must reach us
+            await asyncio.wait_for(self.mqtt.subscribed.wait(), FIRST_CONNECT_WAIT)
         except asyncio.TimeoutError:
-            _LOGGER.warning("MQTT broker %s:%d not reached yet; serving chargers anyway, their values go out once it is",
-                            mqtt_cfg["host"], mqtt_cfg["port"])
+            if self.mqtt.connected.is_set():
+                _LOGGER.warning("MQTT broker %s:%d has not confirmed our subscriptions within %.0f s; serving chargers anyway",
+                                mqtt_cfg["host"], mqtt_cfg["port"], FIRST_CONNECT_WAIT)
+            else:
+                _LOGGER.warning("MQTT broker %s:%d not reached yet; serving chargers anyway, their values go out once it is",
+                                mqtt_cfg["host"], mqtt_cfg["port"])
         await self.central_system.start()
         if self.web is not None:
             await self.web.start()

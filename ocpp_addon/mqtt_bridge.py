@@ -82,6 +82,11 @@ class MqttBridge:
         self._stale: set[str] = set()  # unsubscribed while disconnected
         self._connect_callbacks: list[Callable[[], None]] = []
         self.connected = asyncio.Event()
+        # Set once the broker confirmed every subscription of the current connection (SUBACK): a command
+        # published after CONNACK but before that is dropped by the broker, so "ready" waits for this.
+        self.subscribed = asyncio.Event()
+        self._sub_pending: dict[int, str] = {}  # paho thread: message id -> topic of a connect-time SUBSCRIBE
+        self._sub_names: dict[int, str] = {}  # message id -> topic of a later SUBSCRIBE (for the refusal's log line)
         self.disconnected = asyncio.Event()  # set while not connected after a connection was up
         self._last_failure_log = 0.0
         self._lost_at: float | None = None
@@ -101,6 +106,7 @@ class MqttBridge:
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         # No Nagle: the state message and the command result go out back to back, and the second
@@ -121,7 +127,9 @@ class MqttBridge:
         # paho's state, not ours: between its CONNACK and our on-connect callbacks a new
         # subscription would otherwise be in neither the restored set nor sent.
         if self.client.is_connected():
-            self.client.subscribe(topic, qos)
+            _, mid = self.client.subscribe(topic, qos)
+            if mid is not None:
+                self._sub_names[mid] = topic
 
     def unsubscribe(self, topic: str) -> None:
         if self._subscriptions.pop(topic, None) is None:
@@ -176,12 +184,34 @@ class MqttBridge:
             self._stale.discard(topic)
             if topic not in self._subscriptions:
                 client.unsubscribe(topic)
+        pending: dict[int, str] = {}
         for topic, (qos, _) in list(self._subscriptions.items()):
-            client.subscribe(topic, qos)
+            _, mid = client.subscribe(topic, qos)
+            if mid is not None:
+                pending[mid] = topic
+        self._sub_pending, self._sub_names = pending, {}  # a new connection: earlier SUBACKs will not come
         if self.state_topic is not None:
             client.publish(self.state_topic, "online", qos=1, retain=True)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected_in_loop)
+        if not pending:
+            self._loop.call_soon_threadsafe(self._subscribed_in_loop, self._generation)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        topic = self._sub_pending.pop(mid, None)
+        name = topic or self._sub_names.pop(mid, None) or f"message {mid}"
+        for code in reason_codes:
+            if getattr(code, "is_failure", False):
+                # An ACL that denies a topic: without this line commands would silently never arrive.
+                _LOGGER.error("MQTT broker %s:%d refused the subscription to %s (%s): check the broker's ACL for this user",
+                              self.host, self.port, printable(name, 120), code)
+        if topic is not None and not self._sub_pending:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._subscribed_in_loop, self._generation)
+
+    def _subscribed_in_loop(self, generation: int) -> None:
+        if generation == self._generation and self.connected.is_set():
+            self.subscribed.set()
 
     def _connected_in_loop(self) -> None:
         if self._lost_at is None:
@@ -219,6 +249,7 @@ class MqttBridge:
         if self.connected.is_set():
             self._lost_at = time.monotonic()
         self.connected.clear()
+        self.subscribed.clear()
         self.disconnected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

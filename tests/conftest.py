@@ -173,7 +173,8 @@ class Service:
 
     async def start(self) -> None:
         await self.app.start()
-        await asyncio.wait_for(self.app.mqtt.connected.wait(), TIMEOUT)
+        # as a user's "ready" line: the broker confirmed our subscriptions, so a command published now arrives
+        await asyncio.wait_for(self.app.mqtt.subscribed.wait(), TIMEOUT)
 
     async def charger(self, charger_id: str = "wallbox-1", **options: Any) -> SimulatedCharger:
         """Connect a simulated charger and wait until the service has it ready for commands."""

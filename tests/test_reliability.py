@@ -426,3 +426,126 @@ async def test_a_charger_that_lost_its_profile_gets_the_limit_again(service: Ser
     assert _limit(await rebooted.wait_for_call("SetChargingProfile", timeout=TIMEOUT)) == 16
     await service.wait_event(READY, "wallbox-1", since=since)
     assert rebooted.limit_amps == 16
+
+
+class SubackGate:
+    """A TCP relay in front of the real mosquitto that holds the broker's SUBACKs until released:
+    the window in which a command published after CONNACK is dropped, made as long as a test needs."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.held = asyncio.Event()  # a SUBACK arrived and is being held
+        self.release = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                broker_w.write(data)
+                await broker_w.drain()
+            broker_w.close()
+
+        async def downstream() -> None:
+            while True:  # packet by packet: fixed header, remaining length (varint), body
+                first = await broker_r.readexactly(1)
+                length_bytes, length, shift = b"", 0, 0
+                while True:
+                    byte = await broker_r.readexactly(1)
+                    length_bytes += byte
+                    length |= (byte[0] & 0x7F) << shift
+                    shift += 7
+                    if not byte[0] & 0x80:
+                        break
+                body = await broker_r.readexactly(length)
+                if first[0] >> 4 == 9:  # SUBACK
+                    self.held.set()
+                    await self.release.wait()
+                client_w.write(first + length_bytes + body)
+                await client_w.drain()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            client_w.close()
+            broker_w.close()
+
+    async def stop(self) -> None:
+        self.release.set()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_ready_waits_until_the_broker_confirmed_our_subscriptions(broker: EmbeddedBroker, probe: MqttProbe, tmp_path: Path) -> None:
+    """Between CONNACK and SUBACK the broker drops a command published to us: CI lost a setpoint that way
+    on a loaded machine. 'Ready' (the OCPP port open, the ready line) now waits for the SUBACKs."""
+    gate = SubackGate(broker.port)
+    await gate.start()
+    config = make_config(gate.port, tmp_path)
+    service = Service(config)
+    starting = asyncio.ensure_future(service.app.start())
+    try:
+        await asyncio.wait_for(gate.held.wait(), TIMEOUT)
+        await asyncio.wait_for(service.app.mqtt.connected.wait(), TIMEOUT)
+        assert not service.app.mqtt.subscribed.is_set()  # connected, but a command could still be dropped
+        assert not starting.done()  # and so not ready: chargers are not let in yet
+        gate.release.set()
+        await asyncio.wait_for(starting, TIMEOUT)
+        assert service.app.mqtt.subscribed.is_set()
+        charger = await service.charger("wallbox-1")
+        mark = probe.mark()
+        probe.publish(LIMIT_SET, "10")
+        await probe.wait_json("ocpp/wallbox-1/event", lambda d: d.get("status") == "Accepted", since=mark)
+        assert _limit(await charger.wait_for_call("SetChargingProfile", lambda p: _limit(p) == 10)) == 10
+    finally:
+        await service.stop()
+        await gate.stop()
+
+
+async def test_a_subscription_the_broker_refuses_is_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker ACL that denies our command topics (mosquitto's dynamic security here, as an operator
+    would set it): without a log line, setpoints would silently never arrive."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    plugins = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so")) + sorted(Path("/usr/lib").glob("mosquitto_dynamic_security.so"))
+    assert plugins, "Debian's mosquitto package ships mosquitto_dynamic_security.so; it is missing"
+    port = free_port()
+    rules = tmp_path / "dynsec.json"
+    rules.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": False, "unsubscribe": True},
+        "clients": [], "groups": [{"groupname": "anonymous", "roles": [{"rolename": "ha"}], "clients": []}],
+        "roles": [{"rolename": "ha", "acls": [{"acltype": "subscribePattern", "topic": "homeassistant/#", "priority": 0, "allow": True}]}],
+        "anonymousGroup": "anonymous"}), encoding="utf-8")
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nplugin {plugins[0]}\n"
+                    f"plugin_opt_config_file {rules}\n" + ("user root\n" if os.geteuid() == 0 else ""), encoding="utf-8")
+    process = await asyncio.create_subprocess_exec(binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+    async def answers() -> None:
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                assert process.returncode is None, "mosquitto with dynamic security did not start"
+                await asyncio.sleep(0.05)
+
+    service = Service(make_config(port, tmp_path))
+    try:
+        await asyncio.wait_for(answers(), TIMEOUT)
+        await service.start()  # every SUBACK came, refusals included: ready
+        refused = [r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()]
+        assert any("ocpp/+/+/set" in line for line in refused), refused
+        assert not any("homeassistant/status" in line for line in refused), refused
+    finally:
+        await service.stop()
+        process.terminate()
+        await process.wait()
