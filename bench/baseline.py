@@ -8,6 +8,8 @@ It is what "just the OCPP plumbing" costs; the service does that plus parsing, s
 ``--mode off``: the same with ``skip_schema_validation=True`` on every handler.
 ``--mode transport``: no ``ocpp`` library at all: ``websockets`` + ``json``, a fixed CALLRESULT per
 CALL. The transport floor: what any Python central system on this stack pays per message.
+Every mode runs on the event loop the service would pick (``OCPP_ADDON_EVENT_LOOP``: uvloop when
+installed, or asyncio), so a yardstick and the service are compared on the same loop.
 
     python bench/baseline.py --port 9100        # logs 'ready: ...' on stderr, stops on SIGTERM/SIGINT
 
@@ -32,6 +34,8 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
+
+from ocpp_addon.app import event_loop_factory
 
 
 def _now() -> str:
@@ -109,7 +113,8 @@ async def _main(host: str, port: int, mode: str = "default") -> None:
     async with serve(handler, host, port, subprotocols=["ocpp1.6"], ping_interval=20, ping_timeout=20,
                      max_size=65536) as server:
         bound = server.sockets[0].getsockname()[1]
-        print(f"baseline ready: bare central system ({mode}) on ws://{host}:{bound}/<id>", file=sys.stderr, flush=True)
+        kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        print(f"baseline ready: bare central system ({mode}) on ws://{host}:{bound}/<id>; event loop {kind}", file=sys.stderr, flush=True)
         await stop.wait()
 
 
@@ -123,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The library logs every frame at INFO; the service silences it too, so compare like with like.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    asyncio.run(_main(args.host, args.port, args.mode))
+    _, loop_factory = event_loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_main(args.host, args.port, args.mode))
     return 0
 
 

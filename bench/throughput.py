@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", choices=TARGETS, default="service",
                    help="what to load (default service; baseline = library-default)")
     p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                   help="the service's event loop (OCPP_ADDON_EVENT_LOOP; auto: uvloop when installed). "
-                        "The yardsticks always run on asyncio's loop, as the library's users do")
+                   help="the event loop of the service and of every yardstick (OCPP_ADDON_EVENT_LOOP; auto: uvloop "
+                        "when installed), so the side-by-side figures are on the same loop")
     p.add_argument("--yardsticks", action="store_true",
                    help="after the service, run the same fleet against every yardstick (library default, inline, off, "
                         "transport floor) and print them side by side")
@@ -127,6 +127,7 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
     out: dict[str, Any] = {"target": target, "chargers": n, "interval": args.interval, "duration": args.duration, "ocpp": args.ocpp}
     window_profile = args.profile == "cprofile-window"
     cprofile_out = wd / f"{target}.prof" if (args.profile in ("cprofile", "cprofile-window") and target == "service") else None
+    os.environ["OCPP_ADDON_EVENT_LOOP"] = args.event_loop  # the yardsticks run on the same loop as the service
     if args.wait_quiet > 0:
         out["machine_busy_before_pct"] = await asyncio.to_thread(wait_for_quiet, args.wait_quiet)
     if target == "service":
@@ -135,7 +136,6 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
         extra: dict[str, Any] = {"ocpp": {"max_message_rate": 100000, "message_burst": 100000}} if args.interval < 0.1 else {}
         if args.web:
             extra["web"] = WEB_ON
-        os.environ["OCPP_ADDON_EVENT_LOOP"] = args.event_loop
         svc, port = await asyncio.to_thread(start_service, wd, broker.port, args.log_level, cprofile_out, extra or None,
                                              args.patch, window_profile)
         out["event_loop"] = svc.event_loop
@@ -147,6 +147,7 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
             raise SystemExit("--web: the service did not start the chargers page (see its log)")
     else:
         svc, port = await asyncio.to_thread(start_baseline, wd, baseline_mode(target))
+        out["event_loop"] = svc.event_loop
         out["startup_s"] = svc.startup_seconds
     url = f"ws://127.0.0.1:{port}"
     counter = None
@@ -308,11 +309,11 @@ def side_by_side(results: list[dict[str, Any]]) -> None:
     """One table: every target of this run, and each one's CPU per message against the transport floor."""
     floor = next((r.get("cpu_us_per_msg") for r in results if r["target"] == "transport"), None)
     print("\n=== side by side (same fleet, same run; floor = transport: websockets + json, no OCPP library) ===")
-    print(f"{'':18}{'msg/s':>9}{'CPU %':>8}{'µs/msg':>9}{'x floor':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'others %':>10}")
+    print(f"{'':18}{'loop':>8}{'msg/s':>9}{'CPU %':>8}{'µs/msg':>9}{'x floor':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'others %':>10}")
     for r in results:
         per = r.get("cpu_us_per_msg")
         errors = sum(r["errors"].values())
-        print(f"{r['target']:18}{r['msgs_per_s']:>9.0f}{r['cpu_pct']:>8.1f}{(per or 0):>9.0f}"
+        print(f"{r['target']:18}{r.get('event_loop') or '?':>8}{r['msgs_per_s']:>9.0f}{r['cpu_pct']:>8.1f}{(per or 0):>9.0f}"
               f"{(per / floor if per and floor else float('nan')):>9.2f}{(r['rtt_ms'].get('p50') or 0):>8.2f}"
               f"{(r['rtt_ms'].get('p99') or 0):>8.2f}{errors:>8}{r.get('others_cpu_pct', 0):>10.0f}")
 
