@@ -86,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--yardsticks", action="store_true",
                    help="after the service, run the same fleet against every yardstick (library default, inline, off, "
                         "transport floor) and print them side by side")
+    p.add_argument("--floor-only", action="store_true", help="with --yardsticks: only the transport floor beside the service (quicker)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --yardsticks: run the targets this many times, interleaved (service, floor, service, ...); "
+                        "each row is compared with the floor of its own round (default 1)")
     p.add_argument("--compare-baseline", action="store_true", help="also run the same fleet against bench/baseline.py and print ratios")
     p.add_argument("--profile", choices=("none", "pyspy", "cprofile", "cprofile-window"), default="none",
                    help="profile the service: pyspy (sampling, window only), cprofile (whole run, wall time), "
@@ -307,13 +311,14 @@ def compare(s: dict[str, Any], b: dict[str, Any]) -> None:
 
 def side_by_side(results: list[dict[str, Any]]) -> None:
     """One table: every target of this run, and each one's CPU per message against the transport floor."""
-    floor = next((r.get("cpu_us_per_msg") for r in results if r["target"] == "transport"), None)
+    floors = {r.get("round", 1): r.get("cpu_us_per_msg") for r in results if r["target"] == "transport"}
     print("\n=== side by side (same fleet, same run; floor = transport: websockets + json, no OCPP library) ===")
-    print(f"{'':18}{'loop':>8}{'msg/s':>9}{'CPU %':>8}{'µs/msg':>9}{'x floor':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'others %':>10}")
+    print(f"{'round':<6}{'':18}{'loop':>8}{'msg/s':>9}{'CPU %':>8}{'µs/msg':>9}{'x floor':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'others %':>10}")
     for r in results:
         per = r.get("cpu_us_per_msg")
+        floor = floors.get(r.get("round", 1))
         errors = sum(r["errors"].values())
-        print(f"{r['target']:18}{r.get('event_loop') or '?':>8}{r['msgs_per_s']:>9.0f}{r['cpu_pct']:>8.1f}{(per or 0):>9.0f}"
+        print(f"{r.get('round', 1):<6}{r['target']:18}{r.get('event_loop') or '?':>8}{r['msgs_per_s']:>9.0f}{r['cpu_pct']:>8.1f}{(per or 0):>9.0f}"
               f"{(per / floor if per and floor else float('nan')):>9.2f}{(r['rtt_ms'].get('p50') or 0):>8.2f}"
               f"{(r['rtt_ms'].get('p99') or 0):>8.2f}{errors:>8}{r.get('others_cpu_pct', 0):>10.0f}")
 
@@ -330,9 +335,11 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         targets = [args.target] + (["baseline"] if args.compare_baseline and args.target == "service" else [])
         if args.yardsticks:
-            targets = [args.target, *(y for y in YARDSTICKS if y != args.target)]
-        for target in targets:
+            sticks = ("transport",) if args.floor_only else YARDSTICKS
+            targets = [args.target, *(y for y in sticks if y != args.target)] * max(1, args.rounds)
+        for i, target in enumerate(targets):
             r = await run_target(target, args, broker, wd)
+            r["round"] = i * max(1, args.rounds) // len(targets) + 1
             report(r)
             results.append(r)
         if args.yardsticks:

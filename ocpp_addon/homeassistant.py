@@ -280,11 +280,18 @@ class HomeAssistantSink:
         kind, cid = event.kind, event.charger_id
         if kind == UPDATED:
             assert event.state is not None
-            announced = self._announced.get(cid, frozenset())
-            if self.discovery_enabled and any(k not in announced and is_entity_key(k) for k in event.changed):
-                self._publish_discovery(event.state)  # a new per-phase or per-connector value: announce it
+            changed = event.changed
+            if self.discovery_enabled:
+                announced = self._announced.get(cid, frozenset())
+                if not announced.issuperset(changed) and any(k not in announced and is_entity_key(k) for k in changed):
+                    self._publish_discovery(event.state)  # a new per-phase or per-connector value: announce it
             readings = event.state.readings
-            self._mark_dirty(cid, urgent=not all(k in readings or k in SESSION_KEYS for k in event.changed))
+            urgent = False
+            for key in changed:  # a plain loop: this runs for every MeterValues
+                if key not in readings and key not in SESSION_KEYS:
+                    urgent = True
+                    break
+            self._mark_dirty(cid, urgent=urgent)
         elif kind == RESULT:
             self._publish_event(cid, event.data)
             if self.instance is not None and event.data.get("command") == "charging_limit" and event.data.get("status") in FINAL_REFUSALS:

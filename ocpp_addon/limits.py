@@ -23,6 +23,7 @@ import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from math import isfinite
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 from .results import FINAL_REFUSALS, Status
@@ -89,7 +90,14 @@ def learn_supply(readings: Mapping[str, Any]) -> Supply | None:
     proves nothing (DC, or an AC charger labelling no phase), so without current it stays unproven:
     mistaking such an AC charger for DC would convert watts with one phase and triple its current.
     """
-    power, volts, amps = (parse_number(readings.get(k)) for k in ("power", "voltage", "current"))
+    # Readings are floats already (state.parse_sampled_values); anything else (a state file's int) is parsed.
+    power, volts, amps = readings.get("power"), readings.get("voltage"), readings.get("current")
+    if type(power) is not float or not isfinite(power):
+        power = parse_number(power)
+    if type(volts) is not float or not isfinite(volts):
+        volts = parse_number(volts)
+    if type(amps) is not float or not isfinite(amps):
+        amps = parse_number(amps)
     if power is None or volts is None or amps is None or amps < 1 or power < 100 or not 50 <= volts <= 1000:
         return None
     ratio = power / (volts * amps)

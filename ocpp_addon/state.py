@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from math import isfinite
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -152,9 +153,14 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
                 _LOGGER.debug("skipping unknown measurand %r", measurand)
             continue
         value = sample.get("value")
-        if type(value) is str and len(value) <= 100 and _NUMBER_RE.fullmatch(value):  # parse_number's common case, inline
-            number = float(value)
-            if not math.isfinite(number):
+        if type(value) is str and len(value) <= 100 and value.isascii() and value.isprintable() and "_" not in value:
+            # parse_number's common case, inline and without the pattern: on printable ASCII without '_',
+            # float() takes what _NUMBER_RE takes plus nan/inf spellings, which isfinite refuses.
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if not isfinite(number):
                 continue
         else:
             number = parse_number(value)  # type: ignore[assignment]
@@ -212,6 +218,7 @@ def _reading(measurand: Any, unit: Any, phase: Any) -> tuple[str, float, str | N
 
 
 BOUNDARY_CONTEXTS = frozenset({"Transaction.Begin", "Transaction.End"})
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
 def parse_meter_values(meter_value: Any, newer_than: datetime | None = None) -> dict[str, float]:
@@ -231,13 +238,22 @@ def latest_meter_values(meter_value: Any, newer_than: datetime | None = None) ->
     if not isinstance(meter_value, list):
         return {}, None
     now = datetime.now(timezone.utc)
+    if len(meter_value) == 1:  # what nearly every MeterValues carries: nothing to order
+        entry = meter_value[0]
+        if not isinstance(entry, dict):
+            return {}, None
+        moment = parse_timestamp(entry.get("timestamp"))
+        if moment is not None and moment > now:
+            moment = now
+        if newer_than is not None and moment is not None and moment < newer_than:
+            return {}, None
+        return parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or []), moment
     dated = []
     for entry in meter_value:
         if isinstance(entry, dict):
             moment = parse_timestamp(entry.get("timestamp"))
             dated.append((min(moment, now) if moment else None, entry))
-    epoch = datetime.min.replace(tzinfo=timezone.utc)
-    dated.sort(key=lambda pair: pair[0] or epoch)
+    dated.sort(key=lambda pair: pair[0] or _EPOCH)
     readings: dict[str, float] = {}
     newest = None
     for moment, entry in dated:

@@ -127,7 +127,8 @@ def maybe(values: st.SearchStrategy) -> st.SearchStrategy:
 SAMPLES = st.lists(st.one_of(st.fixed_dictionaries({}, optional={
     "value": st.one_of(
         st.floats(-1e6, 1e6).map(lambda x: f"{x:.3f}"), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.booleans(),
-        st.sampled_from(["", " 12.5 ", "1_9", "nan", "inf", "1e400", "\u0661\u0662", "+.5", "5.", "-0", "1e3", "x" * 101]), st.text(max_size=6)),
+        st.sampled_from(["", " 12.5 ", "1_9", "nan", "inf", "1e400", "\u0661\u0662", "+.5", "5.", "-0", "1e3", "x" * 101,
+                         "\x1c5", "5\x1f", "\t7\n", "Infinity", "-nan", "1e", ".", "0x10", "5\u00a0"]), st.text(max_size=6)),
     "measurand": maybe(st.one_of(st.sampled_from(sorted(MEASURANDS)), st.just(""), st.text(max_size=5))),
     "unit": maybe(st.one_of(st.sampled_from(["Wh", "kWh", " KWH ", "W", "kW", "A", "V", "varh", "kvar", "var", "Percent", "Celsius", "Fahrenheit",
                                              "K", "Kelvin", "c", "", "mA"]), st.text(max_size=4))),
