@@ -362,6 +362,15 @@ def start_service(workdir: Path, broker_port: int, log_level: str = "info", cpro
     return service, ocpp_port
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a running process (sched_setaffinity on a pid moves only its main thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, OSError):
+            pass  # a thread that just ended
+
+
 def start_baseline(workdir: Path, mode: str = "default") -> tuple[ServiceProcess, int]:
     """Start bench/baseline.py (a bare central system, no MQTT; ``mode`` as its --mode) on a free port."""
     port = free_port()
@@ -800,6 +809,7 @@ class FleetSpec:
     timeout: float = 30.0  # seconds to wait for a CALLRESULT
     deflate: bool = False  # offer permessage-deflate (most real chargers do not)
     ocpp: str = "1.6"  # "2.0.1": stations that report in TransactionEvent(Updated)
+    cpus: tuple[int, ...] | None = None  # pin the generator's processes to these CPUs (throughput.py --pin)
 
     def worker_count(self) -> int:
         if self.workers > 0:
@@ -809,6 +819,8 @@ class FleetSpec:
 
 def _worker_entry(index: int, ids: list[str], spec: FleetSpec, out: Any, go: Any, start_at: Any, stop: Any, release: Any) -> None:
     raise_nofile(len(ids) + 200)
+    if spec.cpus:
+        os.sched_setaffinity(0, spec.cpus)
     try:
         asyncio.run(_worker(index, ids, spec, out, go, start_at, stop, release))
     except KeyboardInterrupt:

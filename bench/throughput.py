@@ -47,6 +47,7 @@ from common import (  # noqa: E402
     MqttWatch,
     fmt_ms,
     git_revision,
+    pin_process,
     machine_description,
     pct_summary,
     proc_cpu_seconds,
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--yardsticks", action="store_true",
                    help="after the service, run the same fleet against every yardstick (library default, inline, off, "
                         "transport floor) and print them side by side")
+    p.add_argument("--pin", action="store_true",
+                   help="the service (or yardstick) on CPU 0, the generator on CPU 1: neither competes with the other for a "
+                        "core, so a target that saturates the machine is not charged for the contention (needs 2+ CPUs)")
     p.add_argument("--floor-only", action="store_true", help="with --yardsticks: only the transport floor beside the service (quicker)")
     p.add_argument("--rounds", type=int, default=1,
                    help="with --yardsticks: run the targets this many times, interleaved (service, floor, service, ...); "
@@ -162,8 +166,10 @@ async def run_target(target: str, args: argparse.Namespace, broker: Any, wd: Pat
         if target == "service":
             counter = MqttWatch(broker.port, ["ocpp/+/state"])
             await asyncio.to_thread(counter.wait_subscribed)
+        if args.pin:
+            pin_process(svc.pid, {0})
         spec = FleetSpec(url=url, count=n, interval=args.interval, duration=args.duration, workers=args.workers,
-                         concurrency=args.concurrency, deflate=args.deflate, ocpp=args.ocpp)
+                         concurrency=args.concurrency, deflate=args.deflate, ocpp=args.ocpp, cpus=(1,) if args.pin else None)
         fleet = Fleet(spec)
         cpu_before_connect = svc.cpu_seconds()
         fleet.start()
