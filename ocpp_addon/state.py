@@ -179,20 +179,30 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, floa
             readings[full_key] = round(number * factor, 6)
         else:
             readings[full_key] = round(_convert(number, temperature_unit, "°C"), 6)  # type: ignore[arg-type]
-    currents = [readings[f"current_{p}"] for p in ("l1", "l2", "l3") if f"current_{p}" in readings]
-    if "current" not in readings and currents:
-        readings["current"] = max(currents)  # the per-phase current a limit in A is compared with
-    elif "current" not in readings and "current_n" in readings:
-        readings["current"] = readings["current_n"]  # single-phase chargers that label their phase N
-    powers = [readings[f"power_{p}"] for p in ("l1", "l2", "l3") if f"power_{p}" in readings]
-    if "power" not in readings and powers:
-        readings["power"] = round(sum(powers), 6)
-    volts = [readings[f"voltage_{p}"] for p in ("l1", "l2", "l3") if f"voltage_{p}" in readings]
-    if "voltage" not in readings and volts:
-        readings["voltage"] = round(sum(volts) / len(volts), 3)
-    if not all(math.isfinite(v) for v in readings.values()):  # "1e308" kW is a finite string but not a finite reading
-        readings = {k: v for k, v in readings.items() if math.isfinite(v)}
+    if "current" not in readings:
+        currents = [readings[k] for k in _CURRENT_KEYS if k in readings]
+        if currents:
+            readings["current"] = max(currents)  # the per-phase current a limit in A is compared with
+        elif "current_n" in readings:
+            readings["current"] = readings["current_n"]  # single-phase chargers that label their phase N
+    if "power" not in readings:
+        powers = [readings[k] for k in _POWER_KEYS if k in readings]
+        if powers:
+            readings["power"] = round(sum(powers), 6)
+    if "voltage" not in readings:
+        volts = [readings[k] for k in _VOLTAGE_KEYS if k in readings]
+        if volts:
+            readings["voltage"] = round(sum(volts) / len(volts), 3)
+    # "1e308" kW is a finite string but not a finite reading. Every value is finite when their sum is
+    # (one sum in C instead of a test per value); an overflowing sum only sends us to the test per value.
+    if not isfinite(sum(readings.values())):
+        readings = {k: v for k, v in readings.items() if isfinite(v)}
     return readings
+
+
+_CURRENT_KEYS = ("current_l1", "current_l2", "current_l3")
+_POWER_KEYS = ("power_l1", "power_l2", "power_l3")
+_VOLTAGE_KEYS = ("voltage_l1", "voltage_l2", "voltage_l3")
 
 
 @lru_cache(maxsize=1024)
