@@ -123,7 +123,7 @@ async def probe(broker: EmbeddedBroker) -> AsyncIterator[MqttProbe]:
 def make_config(broker_port: int, tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
-        "ocpp": {"host": "127.0.0.1", "port": free_port(), "response_timeout": 3, "boot_wait": 2},
+        "ocpp": {"host": "127.0.0.1", "port": PICK_AT_BIND, "response_timeout": 3, "boot_wait": 2},
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "embedded_broker": False, "client_id": f"ocpp-addon-test-{free_port()}"},
         "charging": {"debounce": 0},  # tests send setpoints one by one; the debounce has its own test
     }
@@ -132,7 +132,15 @@ def make_config(broker_port: int, tmp_path: Path, **sections: dict[str, Any]) ->
             raw.setdefault(name, {}).update(values)
         else:
             raw[name] = values
-    return config_module.validate(raw)
+    config = config_module.validate(raw)
+    if config["ocpp"]["port"] == PICK_AT_BIND:
+        # The OS picks the OCPP port when the server binds it (Service.start writes it back): a port picked
+        # here and bound later was once taken in between (EADDRINUSE in CI). Users configure a fixed port.
+        config["ocpp"]["port"] = 0
+    return config
+
+
+PICK_AT_BIND = 1  # placeholder that passes validation; replaced by 0 after it
 
 
 class Service:
@@ -169,10 +177,13 @@ class Service:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.config['ocpp']['port']}{self.config['ocpp']['path_prefix']}"
+        central = self.app.central_system  # the bound port: a test may start the app without Service.start
+        port = central.port if central.server is not None else self.config["ocpp"]["port"]
+        return f"ws://127.0.0.1:{port}{self.config['ocpp']['path_prefix']}"
 
     async def start(self) -> None:
         await self.app.start()
+        self.config["ocpp"]["port"] = self.app.central_system.port  # bound now (0 = picked by the OS): a restart keeps it
         # as a user's "ready" line: the broker confirmed our subscriptions, so a command published now arrives
         await asyncio.wait_for(self.app.mqtt.subscribed.wait(), TIMEOUT)
 
