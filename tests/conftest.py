@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ocpp_addon import config as config_module
 from ocpp_addon.app import App
 from ocpp_addon.hub import READY, Event
-from ocpp_addon.broker import EmbeddedBroker, find_mosquitto
+from ocpp_addon.broker import BrokerError, EmbeddedBroker, find_mosquitto
 from ocpp_addon.simulator import SimOptions, SimulatedCharger, connect
 
 TIMEOUT = 10.0
@@ -32,10 +32,23 @@ def free_port() -> int:
 async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: run 'apt-get install -y mosquitto' (bash .ci/run does it)")
-    server = EmbeddedBroker(free_port(), tmp_path / "broker")
-    await server.start()
-    yield server
+    yield (server := await start_broker_on_a_free_port(tmp_path / "broker"))
     await server.stop()
+
+
+async def start_broker_on_a_free_port(directory: Path, attempts: int = 3) -> EmbeddedBroker:
+    """mosquitto cannot bind port 0 and report it: a port is picked first, and if something took it
+    before mosquitto bound it (seen with the OCPP port in CI), another one is tried."""
+    for attempt in range(attempts):
+        server = EmbeddedBroker(free_port(), directory)
+        try:
+            await server.start()
+            return server
+        except BrokerError:
+            await server.stop()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class MqttProbe:
