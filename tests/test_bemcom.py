@@ -877,14 +877,20 @@ def two_period_schedule(first: float, second: float) -> dict[str, Any]:
                          {"from_timestamp": now + 600_000, "to_timestamp": None, "value": second}], "timestamp": now}
 
 
-async def test_a_schedule_with_an_absurd_timestamp_is_refused_and_the_others_still_apply(service_factory, probe: MqttProbe) -> None:
-    """from_timestamp 1e300 was taken, then raised OverflowError at every READY, before the plans after it."""
+async def two_limit_topics_charger_offline(service_factory: Any, probe: MqttProbe) -> tuple[Any, str]:
+    """Two BEMcom value topics mapped to the limit of a charger that has gone offline; returns the second."""
     service = await start(service_factory, apply_setpoints=True)
     sim = await service.charger("wallbox-1")
     other = f"{CN}/messages/8/value"
     await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, other: LIMIT_KEY})
     await sim._connection.close()
     await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"offline")
+    return service, other
+
+
+async def test_a_schedule_with_an_absurd_timestamp_is_refused_and_the_others_still_apply(service_factory, probe: MqttProbe) -> None:
+    """from_timestamp 1e300 was taken, then raised OverflowError at every READY, before the plans after it."""
+    service, other = await two_limit_topics_charger_offline(service_factory, probe)
     mark = probe.mark()
     absurd = {"schedule": [{"from_timestamp": 1e300, "to_timestamp": None, "value": 7000}], "timestamp": 1}
     probe.publish(LIMIT_TOPIC.removesuffix("value") + "schedule", json.dumps(absurd), retain=True, qos=2)
@@ -901,12 +907,7 @@ async def test_a_plan_that_fails_to_apply_is_dropped_and_the_others_still_apply(
                                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Whatever makes one stored plan raise, the loop at READY goes on to the next one. The failing plan
     is put in place as a build without the timestamp bound stored it (the parser refuses it now)."""
-    service = await start(service_factory, apply_setpoints=True)
-    sim = await service.charger("wallbox-1")
-    other = f"{CN}/messages/8/value"
-    await install_map(probe, {}, {LIMIT_TOPIC: LIMIT_KEY, other: LIMIT_KEY})
-    await sim._connection.close()
-    await probe.wait_for("ocpp/wallbox-1/availability", lambda p: p == b"offline")
+    service, other = await two_limit_topics_charger_offline(service_factory, probe)
     sink = service.app.bemcom
     assert sink is not None
     sink._plans[LIMIT_TOPIC] = bemcom._Plan(schedule=[bemcom.PlanItem(10**300, None, 7000.0)])  # first in the loop

@@ -21,13 +21,19 @@ def status(value: str) -> dict[str, Any]:
     return {"connectorId": 1, "errorCode": "NoError", "status": value}
 
 
+async def charging(service: Service, probe: MqttProbe) -> RawCharger:
+    """A booted charger whose Charging status has been published."""
+    charger = await RawCharger.connect(service, "wallbox-1")
+    await charger.call("BootNotification", BOOT_16)
+    await charger.call("StatusNotification", status("Charging"))
+    await probe.wait_json(STATE, lambda d: d.get("status") == "Charging")
+    return charger
+
+
 async def test_a_flood_of_readings_is_published_as_its_newest_values_and_no_status_is_merged_away(
         service: Service, probe: MqttProbe) -> None:
-    charger = await RawCharger.connect(service, "wallbox-1")
+    charger = await charging(service, probe)
     try:
-        await charger.call("BootNotification", BOOT_16)
-        await charger.call("StatusNotification", status("Charging"))
-        await probe.wait_json(STATE, lambda d: d.get("status") == "Charging")
         mark = probe.mark()
         for watts in range(1000, 1040):  # one after the other, each answered: a closed loop
             assert (await charger.call("MeterValues", meter_values(watts)))[0] == 3
@@ -46,11 +52,8 @@ async def test_a_flood_of_readings_is_published_as_its_newest_values_and_no_stat
 
 async def test_with_readings_interval_0_every_message_is_published(service_factory: Any, probe: MqttProbe) -> None:
     service = await service_factory(mqtt={"readings_interval": 0})
-    charger = await RawCharger.connect(service, "wallbox-1")
+    charger = await charging(service, probe)
     try:
-        await charger.call("BootNotification", BOOT_16)
-        await charger.call("StatusNotification", status("Charging"))
-        await probe.wait_json(STATE, lambda d: d.get("status") == "Charging")
         mark = probe.mark()
         for watts in range(1000, 1010):
             await charger.call("MeterValues", meter_values(watts))
