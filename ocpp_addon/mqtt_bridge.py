@@ -1,11 +1,15 @@
-"""MQTT transport: one paho-mqtt 2.x client (callback API v2) beside the asyncio loop.
+"""MQTT transport: one paho-mqtt 2.x client (callback API v2) driven by the asyncio loop.
 
-paho's network thread handles sockets, keepalive and reconnects (capped
-exponential backoff); every callback hops into the event loop with
-``call_soon_threadsafe``, so the rest of the service is single-threaded.
-Subscriptions live in a registry and are restored on every (re)connect, and the
-bridge state topic carries a last will so Home Assistant sees us go offline even
-when the process dies.
+paho's documented external-loop API (``loop_read``/``loop_write``/``loop_misc``) runs
+in the event loop: the socket is read when the loop sees it readable, a publish is
+written at once (a writer is registered only while the kernel's buffer is full), and a
+supervisor task sends keepalives and reconnects with capped exponential backoff. Only
+the blocking connect (DNS, TCP, TLS handshake) runs in a worker thread. paho's own
+network thread would cost, per publish, a wake-up byte on a socketpair, a select()
+return and a GIL hand-off between two busy threads (bench: ~7 µs per MeterValues,
+README "Performance"). Subscriptions live in a registry and are restored on every
+(re)connect, and the bridge state topic carries a last will so Home Assistant sees us
+go offline even when the process dies.
 
 Faults, and what covers them:
 
@@ -35,6 +39,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import threading
 import time
 from typing import Any, Awaitable, Callable
 
@@ -51,6 +56,7 @@ MessageCallback = Callable[[str, bytes], "Awaitable[Any] | None"]
 RETRY_LOG_INTERVAL = 60.0
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 10
+CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake, in a worker thread
 
 
 def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext | None:
@@ -103,16 +109,25 @@ class MqttBridge:
             client.tls_set_context(context)
         if self.state_topic is not None:
             client.will_set(self.state_topic, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
+        client.connect_timeout = CONNECT_TIMEOUT
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         # No Nagle: the state message and the command result go out back to back, and the second
         # small write would wait ~40 ms for the broker's delayed ACK (measured in bench/latency.py).
         client.on_socket_open = _no_delay
+        client.on_socket_close = self._on_socket_close
         self.client = client
+        self._loop_thread: int | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Future[Any] | None = None  # the blocking connect, in a worker thread
+        self._reading: int | None = None  # the socket's file descriptor while the loop reads it
+        self._writing = False  # a writer is registered: the socket's send buffer was full
+        self._closed = asyncio.Event()  # the socket was closed (connection lost or refused): reconnect
+        self._backoff: float | None = None  # the next reconnect delay; None right after a CONNACK
+        self._acked: dict[int, asyncio.Future[None]] = {}  # message id -> waiter for its PUBACK (stop())
 
     # -- public API (call from the event loop) ----------------------------------
 
@@ -130,12 +145,14 @@ class MqttBridge:
             _, mid = self.client.subscribe(topic, qos)
             if mid is not None:
                 self._sub_names[mid] = topic
+            self._flush()
 
     def unsubscribe(self, topic: str) -> None:
         if self._subscriptions.pop(topic, None) is None:
             return
         if self.client.is_connected():
             self.client.unsubscribe(topic)
+            self._flush()
         else:  # a persistent session would keep it at the broker: drop it when we are back
             self._stale.add(topic)
 
@@ -146,7 +163,8 @@ class MqttBridge:
         if not self.client.is_connected():
             self.dropped += 1
             return
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+        self.client.publish(topic, payload, qos=qos, retain=retain)  # written now when the socket takes it
+        self._flush()
 
     def _refused(self, topic: str, wildcards: bool = False) -> bool:
         problem = publish_topic_problem(topic, wildcards)
@@ -157,19 +175,125 @@ class MqttBridge:
         return True
 
     async def start(self) -> None:
+        """Connect in the background (and keep reconnecting); :attr:`connected` tells when it is up."""
         self._loop = self._loop or asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.client.connect_async(self.host, self.port, keepalive=self._keepalive)
-        self.client.loop_start()
+        self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def stop(self) -> None:
         """Publish 'offline' (a clean stop does not fire the last will), then disconnect."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        connecting = self._connecting
+        if connecting is not None:  # a connect under way in its thread: let it end, then close that connection cleanly
+            await asyncio.wait([connecting], timeout=CONNECT_TIMEOUT + 1)
+            if connecting.done() and not connecting.cancelled():
+                connecting.exception()  # retrieved: it was logged, or it does not matter any more
         if self.client.is_connected() and self.state_topic is not None:  # not our event: it may lag paho's CONNACK by a loop turn
             info = self.client.publish(self.state_topic, "offline", qos=1, retain=True)
-            await asyncio.get_running_loop().run_in_executor(None, _wait_published, info, 3.0)
-        self.client.disconnect()
-        await asyncio.get_running_loop().run_in_executor(None, self.client.loop_stop)
+            self._flush()
+            if info.rc == mqtt.MQTT_ERR_SUCCESS and not info.is_published():
+                acked = self._acked[info.mid] = asyncio.get_running_loop().create_future()
+                await asyncio.wait([acked], timeout=3.0)
+        self.client.disconnect()  # written at once; paho closes the socket once DISCONNECT is out
+        self._flush()
+        if self.client.socket() is not None and self._reading is not None:
+            closed = asyncio.ensure_future(self._closed.wait())
+            await asyncio.wait([closed], timeout=1.0)
+            closed.cancel()
+        self._stop_reading()
 
-    # -- paho callbacks (network thread) ------------------------------------------
+    # -- driving paho from the loop ------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Connect, keep the connection alive (PINGREQ, paho's keepalive check) and reconnect after a
+        loss: 1 s, doubling to 10 s while attempts fail (Home Assistant's own interval), as paho did."""
+        loop = asyncio.get_running_loop()
+        while True:
+            connecting = self._connecting = loop.run_in_executor(None, self.client.reconnect)
+            try:
+                await asyncio.shield(connecting)  # stop() waits for a connect under way, so a cancel must not orphan it
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - refused, unreachable, DNS, TLS: log (rate-limited) and retry
+                self._connecting = None
+                self._on_connect_fail(err)
+            else:
+                self._connecting = None
+                sock = self.client.socket()
+                self._closed.clear()  # from here on only the loop closes this socket (paho, in loop_read/loop_misc)
+                if sock is not None:
+                    self._reading = sock.fileno()
+                    loop.add_reader(self._reading, self._read)
+                    self._flush()
+                    while not self._closed.is_set():
+                        try:
+                            await asyncio.wait_for(self._closed.wait(), 1.0)
+                        except asyncio.TimeoutError:
+                            self.client.loop_misc()  # PINGREQ when due; closes a connection the broker stopped answering
+                            self._flush()
+            self._stop_reading()
+            self._backoff = RECONNECT_MIN_DELAY if self._backoff is None else min(self._backoff * 2, RECONNECT_MAX_DELAY)
+            await asyncio.sleep(self._backoff)
+
+    def _read(self) -> None:
+        """The socket is readable: paho reads a packet (a lost connection is closed and reported by paho).
+        More packets in the kernel's buffer keep the socket readable; what TLS already decrypted does not."""
+        client = self.client
+        for _ in range(1000):
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                break
+            sock = client.socket()
+            if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what paho queued inside its callbacks (SUBSCRIBE, PUBACK); wait for the socket only while it is full."""
+        client = self.client
+        if client.want_write():
+            client.loop_write()
+        if client.want_write() and self._reading is not None and self._loop is not None:
+            if not self._writing:
+                self._loop.add_writer(self._reading, self._flush)
+                self._writing = True
+        elif self._writing:
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing and self._reading is not None and self._loop is not None:
+            self._loop.remove_writer(self._reading)
+        self._writing = False
+
+    def _stop_reading(self) -> None:
+        self._stop_writing()
+        if self._reading is not None and self._loop is not None:
+            self._loop.remove_reader(self._reading)
+        self._reading = None
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho closes the socket right after this: stop watching its descriptor before the number is reused.
+        # In the connect thread paho only closes a socket the loop no longer watches (see _supervise).
+        if threading.get_ident() == self._loop_thread:
+            self._stop_reading()
+            self._closed.set()
+
+    def _soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run in the loop after paho's callback returns; paho calls back from the connect thread only on a failed connect."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(callback, *args)
+        else:
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        waiter = self._acked.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- paho callbacks (in the loop, from loop_read/loop_misc) -----------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
@@ -192,10 +316,10 @@ class MqttBridge:
         self._sub_pending, self._sub_names = pending, {}  # a new connection: earlier SUBACKs will not come
         if self.state_topic is not None:
             client.publish(self.state_topic, "online", qos=1, retain=True)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected_in_loop)
+        self._backoff = None  # connected: the next loss retries after the shortest delay
+        self._soon(self._connected_in_loop)
         if not pending:
-            self._loop.call_soon_threadsafe(self._subscribed_in_loop, self._generation)
+            self._soon(self._subscribed_in_loop, self._generation)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         topic = self._sub_pending.pop(mid, None)
@@ -206,8 +330,7 @@ class MqttBridge:
                 _LOGGER.error("MQTT broker %s:%d refused the subscription to %s (%s): check the broker's ACL for this user",
                               self.host, self.port, printable(name, 120), code)
         if topic is not None and not self._sub_pending:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._subscribed_in_loop, self._generation)
+            self._soon(self._subscribed_in_loop, self._generation)
 
     def _subscribed_in_loop(self, generation: int) -> None:
         if generation == self._generation and self.connected.is_set():
@@ -228,19 +351,19 @@ class MqttBridge:
             except Exception:
                 _LOGGER.exception("MQTT on-connect callback failed")
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+    def _on_connect_fail(self, err: Exception) -> None:
         now = time.monotonic()
         if now - self._last_failure_log >= RETRY_LOG_INTERVAL:
             self._last_failure_log = now
-            if self.client._ssl:  # noqa: SLF001 - paho hands on_connect_fail no reason
+            if self.client._ssl:  # noqa: SLF001 - whether TLS was asked for
                 _LOGGER.warning("cannot connect to the MQTT broker %s:%d over TLS (not reachable, or its certificate is not trusted: "
                                 "see mqtt.ca_certs and mqtt.tls_insecure); retrying in the background", self.host, self.port)
             else:
-                _LOGGER.warning("MQTT broker %s:%d is not reachable; retrying in the background", self.host, self.port)
+                _LOGGER.warning("MQTT broker %s:%d is not reachable (%s); retrying in the background", self.host, self.port,
+                                printable(str(err) or type(err).__name__, 120))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._disconnected_in_loop)
+        self._soon(self._disconnected_in_loop)
         was_up, self._up = self._up, False
         if reason_code != 0 and was_up:  # a refused attempt was logged (rate-limited) by _on_connect
             _LOGGER.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, reason_code)
@@ -251,9 +374,12 @@ class MqttBridge:
         self.connected.clear()
         self.subscribed.clear()
         self.disconnected.set()
+        for waiter in self._acked.values():  # no PUBACK comes on a lost connection
+            if not waiter.done():
+                waiter.set_result(None)
+        self._acked.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        assert self._loop is not None
         ack = _Ack(client, message.mid, message.qos, self._generation, self)
         try:
             topic = message.topic
@@ -261,7 +387,7 @@ class MqttBridge:
             _LOGGER.warning("ignored an MQTT message whose topic is not UTF-8")
             ack()
             return
-        self._loop.call_soon_threadsafe(self._dispatch, topic, message.payload, ack, message.retain)
+        self._soon(self._dispatch, topic, message.payload, ack, message.retain)
 
     def _dispatch(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None, retain: bool = False) -> None:
         self.retained = bool(retain)  # the message being dispatched is a retained copy (callbacks may ask)
@@ -299,13 +425,7 @@ class _Ack:
         self.done = True
         if self.generation == self.bridge._generation and self.client.is_connected():  # noqa: SLF001
             self.client.ack(self.mid, self.qos)
-
-
-def _wait_published(info: mqtt.MQTTMessageInfo, timeout: float) -> None:
-    try:
-        info.wait_for_publish(timeout)
-    except (RuntimeError, ValueError):
-        pass  # not connected any more: the last will covers us
+            self.bridge._flush()  # noqa: SLF001
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

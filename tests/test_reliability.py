@@ -549,3 +549,106 @@ async def test_a_subscription_the_broker_refuses_is_named_in_the_log(tmp_path: P
         await service.stop()
         process.terminate()
         await process.wait()
+
+
+class StallingRelay:
+    """A TCP relay in front of the real mosquitto that can stop reading what we send (a broker that
+    reads slowly: our socket's send buffer fills up) or stop forwarding both ways (a broker that froze
+    without closing the connection: only the MQTT keepalive can tell)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.upstream = asyncio.Event()  # clear: what the client sends is not read
+        self.downstream = asyncio.Event()  # clear: nothing the broker sends is passed on
+        self.upstream.set()
+        self.downstream.set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
+            while True:
+                await flowing.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await flowing.wait()
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        try:
+            await asyncio.gather(pump(client_r, broker_w, self.upstream), pump(broker_r, client_w, self.downstream))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            client_w.close()
+            broker_w.close()
+
+    async def stop(self) -> None:
+        self.upstream.set()
+        self.downstream.set()
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def test_a_broker_that_reads_slowly_stalls_no_charger_and_loses_nothing(broker: EmbeddedBroker, probe: MqttProbe, tmp_path: Path) -> None:
+    """paho runs in the event loop: a publish the kernel cannot take at once waits in paho's queue and is
+    written when the socket drains, while the loop keeps serving chargers (nothing blocks on the broker)."""
+    relay = StallingRelay(broker.port)
+    await relay.start()
+    service = Service(make_config(relay.port, tmp_path))
+    try:
+        await service.start()
+        relay.upstream.clear()  # the broker stops reading us
+        bulk = 300  # 300 x 64 kB: more than the kernel's socket buffers on both sides of the relay hold
+        for i in range(bulk):
+            service.app.mqtt.publish(f"ocpp/bulk/{i}", f"{i:05d}".encode() + b"x" * 65531)
+        assert service.app.mqtt.client.want_write()  # not all of it could be written: paho holds the rest,
+        assert service.app.mqtt._writing  # and the loop writes it when the socket drains (not on the next keepalive tick)
+        await service.charger("wallbox-1")  # booted and answered while the broker reads nothing: the loop is free
+        assert "wallbox-1" in service.app.hub.connected
+        mark = probe.mark()
+        relay.upstream.set()
+        last = await probe.wait_for(f"ocpp/bulk/{bulk - 1}", since=mark, timeout=60)
+        assert last.startswith(f"{bulk - 1:05d}".encode()) and len(last) == 65536
+        arrived = [topic for topic, _, _ in probe.messages if topic.startswith("ocpp/bulk/")]
+        assert arrived == [f"ocpp/bulk/{i}" for i in range(bulk)]  # every one, in the order published
+        assert not service.app.mqtt.client.want_write()
+    finally:
+        await service.stop()
+        await relay.stop()
+
+
+async def test_a_broker_that_stops_answering_is_left_and_rejoined(broker: EmbeddedBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A frozen broker (the connection stays open, nothing comes back): the keepalive (PINGREQ without
+    PINGRESP, paho's check run by our loop every second) ends the connection; once the broker answers
+    again we reconnect and subscribe anew."""
+    relay = StallingRelay(broker.port)
+    await relay.start()
+    service = Service(make_config(relay.port, tmp_path, mqtt={"keepalive": 5}))
+    bridge = service.app.mqtt
+    try:
+        await service.start()
+        relay.upstream.clear()
+        relay.downstream.clear()
+        await asyncio.wait_for(bridge.disconnected.wait(), 2 * 5 + TIMEOUT)  # a PINGREQ goes out after 5 s, unanswered for 5 s
+        assert not bridge.connected.is_set()
+        assert any("MQTT connection to" in r.getMessage() and "lost" in r.getMessage() for r in caplog.records)
+        relay.upstream.set()
+        relay.downstream.set()
+        await asyncio.wait_for(bridge.subscribed.wait(), RECONNECT_MAX_DELAY + TIMEOUT)
+        assert bridge.connected.is_set()
+    finally:
+        await service.stop()
+        await relay.stop()
