@@ -114,7 +114,6 @@ class MqttBridge:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
         # No Nagle: the state message and the command result go out back to back, and the second
         # small write would wait ~40 ms for the broker's delayed ACK (measured in bench/latency.py).
         client.on_socket_open = _no_delay
@@ -192,6 +191,8 @@ class MqttBridge:
             if connecting.done() and not connecting.cancelled():
                 connecting.exception()  # retrieved: it was logged, or it does not matter any more
         if self.client.is_connected() and self.state_topic is not None:  # not our event: it may lag paho's CONNACK by a loop turn
+            # Only now: with an on_publish callback paho builds a ReasonCode and Properties for every QoS 0 publish.
+            self.client.on_publish = self._on_publish
             info = self.client.publish(self.state_topic, "offline", qos=1, retain=True)
             self._flush()
             if info.rc == mqtt.MQTT_ERR_SUCCESS and not info.is_published():

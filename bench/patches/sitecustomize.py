@@ -7,8 +7,6 @@ changes ocpp_addon. Unknown names are reported on stderr and ignored.
 
 * ``nodelay``: TCP_NODELAY on paho's MQTT socket (Nagle off), as asyncio already does for
   the chargers' WebSockets.
-* ``paho_asyncio``: paho driven by the asyncio loop (add_reader/add_writer + loop_misc every
-  second) instead of its network thread.
 * ``mqtt_off``: MqttBridge.publish drops everything (a measuring stick for what the MQTT
   output costs; the bridge/state online message is still sent by paho's on_connect).
 * ``gc_log``: log every garbage collection of the oldest generation that takes over 50 ms (a stall
@@ -41,72 +39,6 @@ def _nodelay() -> None:
         return sock
 
     client.Client._create_socket_connection = create_socket_connection
-
-
-def _paho_asyncio() -> None:
-    """Run paho inside the asyncio loop (its documented external-loop API) instead of its own thread.
-
-    Threaded paho costs, per publish, a wake-up byte on a socketpair (a syscall in the loop
-    thread), a select() return and a send in the network thread, and GIL hand-offs between
-    the two. In the loop, publish() writes straight to the socket when it can.
-    Reconnects are simplified (every second while disconnected); fine for a benchmark.
-    """
-    import asyncio
-
-    import paho.mqtt.client as mqtt
-    from ocpp_addon import mqtt_bridge
-
-    async def misc(self) -> None:  # type: ignore[no-untyped-def]
-        client = self.client
-        while True:
-            await asyncio.sleep(1.0)
-            if client.loop_misc() == mqtt.MQTT_ERR_NO_CONN:
-                connect(self)
-
-    def connect(self) -> None:  # type: ignore[no-untyped-def]
-        try:
-            self.client.reconnect()
-        except OSError:
-            self._on_connect_fail(self.client, None)
-
-    async def start(self) -> None:  # type: ignore[no-untyped-def]
-        loop = self._loop = self._loop or asyncio.get_running_loop()
-        client = self.client
-
-        def on_open(c, userdata, sock):  # type: ignore[no-untyped-def]
-            loop.add_reader(sock, c.loop_read, 100)  # drain up to 100 packets per readiness (PUBACK bursts)
-
-        def on_close(c, userdata, sock):  # type: ignore[no-untyped-def]
-            loop.remove_reader(sock)
-            loop.remove_writer(sock)
-
-        def on_register_write(c, userdata, sock):  # type: ignore[no-untyped-def]
-            loop.add_writer(sock, c.loop_write)
-
-        def on_unregister_write(c, userdata, sock):  # type: ignore[no-untyped-def]
-            loop.remove_writer(sock)
-
-        client.on_socket_open = on_open
-        client.on_socket_close = on_close
-        client.on_socket_register_write = on_register_write
-        client.on_socket_unregister_write = on_unregister_write
-        client.connect_async(self.host, self.port, keepalive=self._keepalive)
-        connect(self)
-        self._bench_misc = asyncio.ensure_future(misc(self))
-
-    async def stop(self) -> None:  # type: ignore[no-untyped-def]
-        if self.client.is_connected():
-            info = self.client.publish(self.state_topic, "offline", qos=1, retain=True)
-            for _ in range(300):
-                if info.is_published():
-                    break
-                await asyncio.sleep(0.01)
-        self.client.disconnect()
-        await asyncio.sleep(0.05)  # let loop_write send DISCONNECT
-        self._bench_misc.cancel()
-
-    mqtt_bridge.MqttBridge.start = start
-    mqtt_bridge.MqttBridge.stop = stop
 
 
 def _mqtt_off() -> None:
@@ -155,7 +87,7 @@ def _gc_default() -> None:
     gc_housekeeping.GcHousekeeping.start = lambda self: None
 
 
-_PATCHES = {"nodelay": _nodelay, "paho_asyncio": _paho_asyncio, "mqtt_off": _mqtt_off, "gc_log": _gc_log, "gc_freeze": _gc_freeze, "gc_default": _gc_default}
+_PATCHES = {"nodelay": _nodelay, "mqtt_off": _mqtt_off, "gc_log": _gc_log, "gc_freeze": _gc_freeze, "gc_default": _gc_default}
 
 for _name in filter(None, os.environ.get("BENCH_PATCHES", "").split(",")):
     _patch = _PATCHES.get(_name.strip())
