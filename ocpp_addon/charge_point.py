@@ -142,6 +142,9 @@ def _looks_like_answer(frame: str | bytes) -> bool:
     return head[:1] == "[" and head[1:].lstrip()[:1] in ("3", "4")
 
 
+_METER_VALUES_ANSWER = call_result.MeterValues()  # fieldless, never changed: one for every MeterValues
+
+
 class InvalidResponse(Exception):
     """A charger's CALLRESULT that breaks the OCPP 1.6 schema; the message names the field."""
 
@@ -536,7 +539,7 @@ class ChargePoint(_OcppChargePoint):
             self._newest_sample[connector_id] = newest
         if readings:
             self._apply_readings(readings, connector_id)
-        return call_result.MeterValues()
+        return _METER_VALUES_ANSWER
 
     def _apply_readings(self, readings: dict[str, float], connector_id: int = 0) -> None:
         state = self.state

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +146,32 @@ def test_cached_readings_equal_the_straightforward_ones(sampled: list) -> None:
     expected = reference_parse_sampled_values(sampled)
     got = parse_sampled_values(sampled)
     assert got == expected and list(got) == list(expected)
+
+
+def reference_parse_timestamp(value: Any) -> Any:
+    """parse_timestamp before its fast path for '...Z' (commit 5407d07): the oracle."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+TIMESTAMPS = st.one_of(
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat() + "Z"),
+    st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"),
+    st.lists(st.sampled_from(["2024", "-05", "-01", "T", "10", ":00", ".5", "Z", "z", "+02:00", " ", "+00:00", "24", "\u0661"]), max_size=9).map("".join),
+    st.text(max_size=30).map(lambda t: t + "Z"), st.integers(), st.none())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=TIMESTAMPS)
+def test_timestamps_read_as_before_the_fast_path(value: Any) -> None:
+    got, expected = parse_timestamp(value), reference_parse_timestamp(value)
+    assert got == expected and (got is None or (got.utcoffset(), got.tzinfo is not None) == (expected.utcoffset(), True))
