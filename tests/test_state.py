@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -131,7 +132,12 @@ SAMPLES = st.lists(st.one_of(st.fixed_dictionaries({}, optional={
     "value": st.one_of(
         st.floats(-1e6, 1e6).map(lambda x: f"{x:.3f}"), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.booleans(),
         st.sampled_from(["", " 12.5 ", "1_9", "nan", "inf", "1e400", "\u0661\u0662", "+.5", "5.", "-0", "1e3", "x" * 101,
-                         "\x1c5", "5\x1f", "\t7\n", "Infinity", "-nan", "1e", ".", "0x10", "5\u00a0"]), st.text(max_size=6)),
+                         "\x1c5", "5\x1f", "\t7\n", "Infinity", "-nan", "1e", ".", "0x10", "5\u00a0",
+                         # around the 7 characters read without round(): exponents, 6 and 7 decimals, 7 digits
+                         "1e-7", "5E-7", "1e5", ".123456", "0.1234567", "1.00001", "9999999", "-999999", "1234567.", "0.000001",
+                         "0.0000001", "-0.0000005", " 1.5e-9", "\t1e-7"]),
+        st.text(max_size=6), st.text(alphabet="0123456789.eE+- ", max_size=9),
+        st.decimals(allow_nan=False, allow_infinity=False, places=7).map(str)),
     "measurand": maybe(st.one_of(st.sampled_from(sorted(MEASURANDS)), st.just(""), st.text(max_size=5))),
     "unit": maybe(st.one_of(st.sampled_from(["Wh", "kWh", " KWH ", "W", "kW", "A", "V", "varh", "kvar", "var", "Percent", "Celsius", "Fahrenheit",
                                              "K", "Kelvin", "c", "", "mA"]), st.text(max_size=4))),
@@ -175,3 +181,10 @@ TIMESTAMPS = st.one_of(
 def test_timestamps_read_as_before_the_fast_path(value: Any) -> None:
     got, expected = parse_timestamp(value), reference_parse_timestamp(value)
     assert got == expected and (got is None or (got.utcoffset(), got.tzinfo is not None) == (expected.utcoffset(), True))
+
+
+@pytest.mark.parametrize("value", ["1e-7", "1E-7", "5e-7", "5E-7", ".1234567", "0.1234567", "1234567.1", "1.5e-9"])
+def test_values_that_need_rounding_are_rounded(value: str) -> None:
+    """Values of up to 7 characters are read without round() unless an exponent or a 7th decimal needs it."""
+    sampled = [{"value": value, "measurand": "Current.Import"}, {"value": value, "measurand": "Power.Active.Import", "unit": "W"}]
+    assert parse_sampled_values(sampled) == reference_parse_sampled_values(sampled)
