@@ -410,7 +410,7 @@ class MqttLogHandler(logging.Handler):
         self.mqtt = mqtt
         self.topic = topic
         self.secrets = [s for s in secrets if s]
-        self._local = threading.local()  # records also come from paho's network thread
+        self._local = threading.local()  # per thread, should a record come from another one (paho runs in the loop since)
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("paho") or getattr(self._local, "busy", False):

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -652,3 +653,22 @@ async def test_a_broker_that_stops_answering_is_left_and_rejoined(broker: Embedd
     finally:
         await service.stop()
         await relay.stop()
+
+
+async def test_a_publish_from_another_thread_goes_out_through_the_loop(service: Service, probe: MqttProbe) -> None:
+    """Only the event loop drives paho's socket now; a record published from another thread (BEMcom's
+    log handler sees records of every thread) is handed to the loop, not written beside it."""
+    client = service.app.mqtt.client
+    real_publish = client.publish
+    writers: list[int] = []
+
+    def publish(topic: str, *args: Any, **kwargs: Any) -> Any:  # paho's own publish, noting the thread it runs in
+        if topic == "ocpp/thread/test":
+            writers.append(threading.get_ident())
+        return real_publish(topic, *args, **kwargs)
+
+    client.publish = publish  # type: ignore[method-assign]
+    mark = probe.mark()
+    await asyncio.to_thread(service.app.mqtt.publish, "ocpp/thread/test", b"from a worker thread")
+    assert await probe.wait_for("ocpp/thread/test", since=mark) == b"from a worker thread"
+    assert writers == [threading.get_ident()]  # the loop's thread (this test runs in it), not the worker
