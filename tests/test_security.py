@@ -441,6 +441,34 @@ async def test_mqtt_over_tls_with_credentials(tmp_path: Path, caplog: pytest.Log
         await broker.stop()
 
 
+async def test_a_burst_of_commands_over_tls_is_read_whole(tmp_path: Path) -> None:
+    """The loop-driven client's TLS read path under a burst: 30 setpoints sent back to back (for chargers
+    never seen, so each is answered at once) get 30 answers. (It also reads what TLS has already
+    decrypted, which leaves the socket unreadable; mosquitto sends one TLS record per packet, so that
+    case does not arise here.)"""
+    broker = TlsBroker(tmp_path / "tls-broker", "ocpp", MQTT_PASSWORD)
+    await broker.start()
+    service = Service(make_config(broker.port, tmp_path, mqtt={"ca_certs": str(broker.cert), "username": "ocpp", "password": MQTT_PASSWORD}))
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tls-burst-{free_port()}")
+    try:
+        await service.start()
+        sender.username_pw_set("ocpp", MQTT_PASSWORD)
+        sender.tls_set_context(ssl.create_default_context(cafile=str(broker.cert)))
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        infos = [sender.publish(f"ocpp/burst-{i}/charging_limit/set", "16", qos=1) for i in range(30)]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, TIMEOUT)
+        for i in range(30):
+            event = await service.wait_event("result", f"burst-{i}")
+            assert event.data["status"] == "UnknownCharger" and event.data["limit"] == 16
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        await service.stop()
+        await broker.stop()
+
+
 # -- no secret in any log line ------------------------------------------------------------------------------------------
 
 
