@@ -96,3 +96,30 @@ async def test_broken_yaml_exits_2_naming_the_line(tmp_path: Path) -> None:
                                                 stderr=asyncio.subprocess.PIPE, cwd=tmp_path)
     _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 2 and "invalid YAML" in err.decode() and "line 2" in err.decode()
+
+
+async def test_sigterm_while_the_broker_never_answers_the_tls_handshake(tmp_path: Path) -> None:
+    """A broker address that takes the TCP connection and then says nothing (a wrong port, a hung proxy):
+    the MQTT connect, in its worker thread, waits in the TLS handshake for at most the 5 s connect timeout,
+    again after every backoff. SIGTERM in the middle still ends the service, with exit code 0."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    silent = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    config = {
+        "data_dir": str(tmp_path / "data"),
+        "ocpp": {"host": "127.0.0.1", "port": free_port()},
+        "mqtt": {"host": "127.0.0.1", "port": port, "embedded_broker": False, "ssl": True, "tls_insecure": True},
+    }
+    try:
+        proc, lines = await start_service(config, tmp_path)  # ready after the first-connect wait, MQTT still handshaking
+        assert held, "the service never dialled the silent broker"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
