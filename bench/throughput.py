@@ -315,6 +315,33 @@ def compare(s: dict[str, Any], b: dict[str, Any]) -> None:
         print(f"{name:28}{fa:>14}{fc:>14}{ratio(a, c):>9}")
 
 
+def rounds_summary(results: list[dict[str, Any]], target: str = "service", others_limit: float = 15.0) -> dict[str, Any] | None:
+    """Over the rounds of one run: the median of ``target``'s per-round ratios to the floor, its mean cost over
+    the floor's mean cost, and how many rounds were within 1.5x. A round where anything outside the bench used
+    more than ``others_limit`` % of a core during either window is left out (and counted)."""
+    floors = {r.get("round", 1): r for r in results if r["target"] == "transport"}
+    kept: list[tuple[float, float]] = []
+    left_out = 0
+    for r in results:
+        floor = floors.get(r.get("round", 1))
+        if r["target"] != target or floor is None or not r.get("cpu_us_per_msg") or not floor.get("cpu_us_per_msg"):
+            continue
+        if max(r.get("others_cpu_pct", 0), floor.get("others_cpu_pct", 0)) > others_limit:
+            left_out += 1
+            continue
+        kept.append((r["cpu_us_per_msg"], floor["cpu_us_per_msg"]))
+    if not kept:
+        return None
+    ratios = sorted(service / floor for service, floor in kept)
+    middle = len(ratios) // 2
+    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    mean_service = sum(service for service, _ in kept) / len(kept)
+    mean_floor = sum(floor for _, floor in kept) / len(kept)
+    return {"rounds": len(kept), "left_out": left_out, "median_x_floor": round(median, 2),
+            "mean_service_us": round(mean_service, 1), "mean_floor_us": round(mean_floor, 1),
+            "means_x_floor": round(mean_service / mean_floor, 2), "within_1_5": sum(1 for x in ratios if x <= 1.5)}
+
+
 def side_by_side(results: list[dict[str, Any]]) -> None:
     """One table: every target of this run, and each one's CPU per message against the transport floor."""
     floors = {r.get("round", 1): r.get("cpu_us_per_msg") for r in results if r["target"] == "transport"}
@@ -327,6 +354,11 @@ def side_by_side(results: list[dict[str, Any]]) -> None:
         print(f"{r.get('round', 1):<6}{r['target']:18}{r.get('event_loop') or '?':>8}{r['msgs_per_s']:>9.0f}{r['cpu_pct']:>8.1f}{(per or 0):>9.0f}"
               f"{(per / floor if per and floor else float('nan')):>9.2f}{(r['rtt_ms'].get('p50') or 0):>8.2f}"
               f"{(r['rtt_ms'].get('p99') or 0):>8.2f}{errors:>8}{r.get('others_cpu_pct', 0):>10.0f}")
+    summary = rounds_summary(results)
+    if summary is not None and max(r.get("round", 1) for r in results) > 1:
+        print(f"service over {summary['rounds']} rounds ({summary['left_out']} left out: others > 15% of a core): "
+              f"median {summary['median_x_floor']:.2f}x floor; means {summary['mean_service_us']:.0f} / {summary['mean_floor_us']:.0f} µs = "
+              f"{summary['means_x_floor']:.2f}x; {summary['within_1_5']} of {summary['rounds']} rounds within 1.5x")
 
 
 async def main_async(args: argparse.Namespace) -> int:
