@@ -4,7 +4,7 @@ paho's documented external-loop API (``loop_read``/``loop_write``/``loop_misc``)
 in the event loop: the socket is read when the loop sees it readable, a publish is
 written at once (a writer is registered only while the kernel's buffer is full), and a
 supervisor task sends keepalives and reconnects with capped exponential backoff. Only
-the blocking connect (DNS, TCP, TLS handshake) runs in a worker thread. paho's own
+the blocking connect (DNS, TCP, TLS handshake) runs in a daemon thread. paho's own
 network thread would cost, per publish, a wake-up byte on a socketpair, a select()
 return and a GIL hand-off between two busy threads (in process, ~45 -> ~38-40 µs of CPU
 per MeterValues with a closed loop's state messages; README "Performance"). Subscriptions live in a registry and are restored on every
@@ -56,7 +56,7 @@ MessageCallback = Callable[[str, bytes], "Awaitable[Any] | None"]
 RETRY_LOG_INTERVAL = 60.0
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 10
-CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake, in a worker thread
+CONNECT_TIMEOUT = 5.0  # TCP connect and TLS handshake (paho), in the connect thread
 
 
 def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext | None:
@@ -121,7 +121,7 @@ class MqttBridge:
         self.client = client
         self._loop_thread: int | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._connecting: asyncio.Future[Any] | None = None  # the blocking connect, in a worker thread
+        self._connecting: asyncio.Future[None] | None = None  # the blocking connect, in its own thread
         self._reading: int | None = None  # the socket's file descriptor while the loop reads it
         self._writing = False  # a writer is registered: the socket's send buffer was full
         self._closed = asyncio.Event()  # the socket was closed (connection lost or refused): reconnect
@@ -196,8 +196,8 @@ class MqttBridge:
         connecting = self._connecting
         if connecting is not None:  # a connect under way in its thread: let it end, then close that connection cleanly
             await asyncio.wait([connecting], timeout=CONNECT_TIMEOUT + 1)
-            if connecting.done() and not connecting.cancelled():
-                connecting.exception()  # retrieved: it was logged, or it does not matter any more
+            # its outcome does not matter any more (a failure was logged, or the lookup still hangs): retrieved, unread
+            connecting.add_done_callback(lambda future: future.cancelled() or future.exception())
         if self.client.is_connected() and self.state_topic is not None:  # not our event: it may lag paho's CONNACK by a loop turn
             # Only now: with an on_publish callback paho builds a ReasonCode and Properties for every QoS 0 publish.
             self.client.on_publish = self._on_publish
@@ -221,7 +221,7 @@ class MqttBridge:
         loss: 1 s, doubling to 10 s while attempts fail (Home Assistant's own interval), as paho did."""
         loop = asyncio.get_running_loop()
         while True:
-            connecting = self._connecting = loop.run_in_executor(None, self.client.reconnect)
+            connecting = self._connecting = self._connect_in_thread()
             try:
                 await asyncio.shield(connecting)  # stop() waits for a connect under way, so a cancel must not orphan it
             except asyncio.CancelledError:
@@ -246,6 +246,35 @@ class MqttBridge:
             self._stop_reading()
             self._backoff = RECONNECT_MIN_DELAY if self._backoff is None else min(self._backoff * 2, RECONNECT_MAX_DELAY)
             await asyncio.sleep(self._backoff)
+
+    def _connect_in_thread(self) -> asyncio.Future[None]:
+        """paho's blocking connect (DNS, TCP, TLS handshake) in a daemon thread of its own. Not the loop's
+        executor: its threads are joined when the loop closes, so a DNS lookup that hangs would hold up
+        the exit after SIGTERM; stop() waits for a connect under way only a bounded time."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: Exception | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def connect() -> None:
+            error: Exception | None = None
+            try:
+                self.client.reconnect()
+            except Exception as err:  # noqa: BLE001 - handed to the loop, which logs it
+                error = err
+            try:
+                loop.call_soon_threadsafe(settle, error)
+            except RuntimeError:
+                pass  # the loop has ended: nobody waits for this connect any more
+
+        threading.Thread(target=connect, name="mqtt-connect", daemon=True).start()
+        return done
 
     def _read(self) -> None:
         """The socket is readable: paho reads a packet (a lost connection is closed and reported by paho).

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -672,3 +673,31 @@ async def test_a_publish_from_another_thread_goes_out_through_the_loop(service: 
     await asyncio.to_thread(service.app.mqtt.publish, "ocpp/thread/test", b"from a worker thread")
     assert await probe.wait_for("ocpp/thread/test", since=mark) == b"from a worker thread"
     assert writers == [threading.get_ident()]  # the loop's thread (this test runs in it), not the worker
+
+
+async def test_a_stop_does_not_wait_for_a_dns_lookup_that_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker name whose lookup never returns (a DNS server that does not answer; stood in for here by a
+    resolver that waits, so nothing leaves the machine): the connect waits in a daemon thread of its own,
+    stop() returns after its bounded wait, and the lookup cannot hold up the process exit after SIGTERM
+    (the loop's executor threads are joined when the loop closes; this one is not)."""
+    release = threading.Event()
+    lookups: list[threading.Thread] = []
+    real_lookup = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "broker.invalid":
+            lookups.append(threading.current_thread())
+            release.wait(60)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    service = Service(make_config(1883, tmp_path, mqtt={"host": "broker.invalid"}))
+    try:
+        await service.app.start()  # serves chargers after the first-connect wait, the lookup still hanging
+        assert lookups and lookups[0].daemon
+        await asyncio.wait_for(service.app.stop(), TIMEOUT)
+    finally:
+        release.set()
+        for thread in lookups:  # let the connect end before the test does (it then only finds the loop gone)
+            await asyncio.to_thread(thread.join, TIMEOUT)
