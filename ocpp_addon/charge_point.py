@@ -63,6 +63,7 @@ from .state import (
     parse_meter_values,
     parse_number,
     parse_timestamp,
+    supersedes,
     utc_now_iso,
 )
 
@@ -192,6 +193,15 @@ def normalize_result(action: str, payload: dict[str, Any]) -> dict[str, Any] | N
     return fixed
 
 
+@dataclasses.dataclass(slots=True)
+class _HeldReadings:
+    """A MeterValues held back (ChargePoint.on_meter_values), with the ones of the same quantities it replaced."""
+
+    connector_id: int
+    meter_value: Any
+    superseded: list[Any] = dataclasses.field(default_factory=list)
+
+
 def meter_register(value: Any) -> float | None:
     """meterStart/meterStop (Wh; the schema says only "integer"): None beyond 1 TWh, where a float
     division of a 400-digit integer would raise on every later MeterValues of the transaction."""
@@ -249,6 +259,11 @@ class ChargePoint(_OcppChargePoint):
         self._held_since: float | None = None  # when we started reading this charger more slowly
         self._flood_limit: float = ocpp["flood_disconnect_after"]
         self._answer_due = False  # we sent a CALL: its answer is ours, not the charger's traffic
+        # MeterValues faster than this are held and read together (the newest of each kind): see on_meter_values.
+        self._readings_interval: float = config["mqtt"]["readings_interval"]
+        self._readings_at = -math.inf  # loop time the readings were last read
+        self._held: list[_HeldReadings] = []
+        self._held_handle: asyncio.TimerHandle | None = None
 
     # -- receive path -------------------------------------------------------
 
@@ -271,6 +286,8 @@ class ChargePoint(_OcppChargePoint):
                 await self.route_message(frame)
         except ConnectionClosed:
             return
+        finally:
+            self.read_held_readings()  # what it sent last counts, also when it leaves
 
     def _take_token(self) -> bool:
         """Fairness: one charger's frames are read at most ``ocpp.max_message_rate`` per second
@@ -352,6 +369,8 @@ class ChargePoint(_OcppChargePoint):
         await self._send(framing.call_error(unique_id, error.code, error.description, error.details, self.ocpp_version))
 
     async def _handle_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
+        if self._held and action != "MeterValues":
+            self.read_held_readings()  # readings it sent before this message count before it
         self._handling_boot = unique_id if action == Action.boot_notification else None
         handlers = self.route_map.get(action)
         if not handlers or "_on_action" not in handlers:
@@ -533,14 +552,74 @@ class ChargePoint(_OcppChargePoint):
 
     @on(Action.meter_values)
     def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """Read its readings at once, or, within ``mqtt.readings_interval`` of the last read, hold them.
+
+        A charger reporting every few seconds is read at once, every time. One sending faster
+        (a firmware in a loop, a closed-loop benchmark) is read once per interval, when the
+        interval ends: a MeterValues of the same quantities as the one held before it replaces
+        it unread (:func:`state.supersedes`), any other is kept, and all are read in the order
+        they came. Anything else the charger sends, and its leaving, reads what is held first, so
+        every other message sees the readings sent before it. Nothing shown changes: state
+        messages of readings go out at most once per interval anyway (homeassistant.py).
+        """
+        interval = self._readings_interval
+        if interval > 0:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._held or now - self._readings_at < interval:
+                held = self._held
+                last = held[-1] if held else None
+                if last is not None and last.connector_id == connector_id and supersedes(meter_value, last.meter_value):
+                    last.superseded.append(last.meter_value)
+                    last.meter_value = meter_value
+                else:
+                    held.append(_HeldReadings(connector_id, meter_value))
+                if self._held_handle is None:
+                    self._held_handle = loop.call_at(max(now, self._readings_at + interval), self.read_held_readings)
+                return _METER_VALUES_ANSWER
+            self._readings_at = now
+        self._read_meter_values(connector_id, meter_value)
+        return _METER_VALUES_ANSWER
+
+    def _read_meter_values(self, connector_id: int, meter_value: Any, unread: list[Any] | None = None) -> None:
         # Samples older than the newest already applied for this connector are replays of a
         # charger's offline queue: acknowledged, but they must not overwrite live readings.
-        readings, newest = latest_meter_values(meter_value, self._newest_sample.get(connector_id))
+        readings, newest = latest_meter_values(meter_value, self._newest_sample.get(connector_id), unread)
         if newest is not None:
             self._newest_sample[connector_id] = newest
         if readings:
             self._apply_readings(readings, connector_id)
-        return _METER_VALUES_ANSWER
+
+    def read_held_readings(self) -> None:
+        """Read the MeterValues held back by :meth:`on_meter_values`, in the order they came.
+
+        One that replaced others is read alone when every sample of it is readable; else the ones it
+        replaced are read before it, as if nothing had been held."""
+        if self._held_handle is not None:
+            self._held_handle.cancel()
+            self._held_handle = None
+        held, self._held = self._held, []
+        if not held:
+            return
+        self._readings_at = asyncio.get_running_loop().time()
+        for entry in held:
+            try:
+                if not entry.superseded:
+                    self._read_meter_values(entry.connector_id, entry.meter_value)
+                    continue
+                newer_than = self._newest_sample.get(entry.connector_id)
+                unread: list[Any] = []
+                readings, newest = latest_meter_values(entry.meter_value, newer_than, unread)
+                if unread:  # it does not say all the older ones said: read them all, in order
+                    for meter_value in (*entry.superseded, entry.meter_value):
+                        self._read_meter_values(entry.connector_id, meter_value)
+                    continue
+                if newest is not None:
+                    self._newest_sample[entry.connector_id] = newest
+                if readings:
+                    self._apply_readings(readings, entry.connector_id)
+            except Exception:  # a bug of ours must not cost the other readings, nor the connection
+                _LOGGER.exception("%s: internal error while reading MeterValues of connector %s", self.id, entry.connector_id)
 
     def _apply_readings(self, readings: dict[str, float], connector_id: int = 0) -> None:
         state = self.state

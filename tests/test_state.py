@@ -19,6 +19,7 @@ from ocpp_addon.state import (
     parse_number,
     parse_sampled_values,
     parse_timestamp,
+    supersedes,
 )
 
 
@@ -128,8 +129,7 @@ def maybe(values: st.SearchStrategy) -> st.SearchStrategy:
     return st.one_of(st.none(), values)
 
 
-SAMPLES = st.lists(st.one_of(st.fixed_dictionaries({}, optional={
-    "value": st.one_of(
+VALUES = st.one_of(
         st.floats(-1e6, 1e6).map(lambda x: f"{x:.3f}"), st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.booleans(),
         st.sampled_from(["", " 12.5 ", "1_9", "nan", "inf", "1e400", "\u0661\u0662", "+.5", "5.", "-0", "1e3", "x" * 101,
                          "\x1c5", "5\x1f", "\t7\n", "Infinity", "-nan", "1e", ".", "0x10", "5\u00a0",
@@ -137,7 +137,9 @@ SAMPLES = st.lists(st.one_of(st.fixed_dictionaries({}, optional={
                          "1e-7", "5E-7", "1e5", ".123456", "0.1234567", "1.00001", "9999999", "-999999", "1234567.", "0.000001",
                          "0.0000001", "-0.0000005", " 1.5e-9", "\t1e-7"]),
         st.text(max_size=6), st.text(alphabet="0123456789.eE+- ", max_size=9),
-        st.decimals(allow_nan=False, allow_infinity=False, places=7).map(str)),
+        st.decimals(allow_nan=False, allow_infinity=False, places=7).map(str))
+SAMPLES = st.lists(st.one_of(st.fixed_dictionaries({}, optional={
+    "value": VALUES,
     "measurand": maybe(st.one_of(st.sampled_from(sorted(MEASURANDS)), st.just(""), st.text(max_size=5))),
     "unit": maybe(st.one_of(st.sampled_from(["Wh", "kWh", " KWH ", "W", "kW", "A", "V", "varh", "kvar", "var", "Percent", "Celsius", "Fahrenheit",
                                              "K", "Kelvin", "c", "", "mA"]), st.text(max_size=4))),
@@ -188,3 +190,47 @@ def test_values_that_need_rounding_are_rounded(value: str) -> None:
     """Values of up to 7 characters are read without round() unless an exponent or a 7th decimal needs it."""
     sampled = [{"value": value, "measurand": "Current.Import"}, {"value": value, "measurand": "Power.Active.Import", "unit": "W"}]
     assert parse_sampled_values(sampled) == reference_parse_sampled_values(sampled)
+
+
+def meter_value(sampled: list, timestamp: str = "2026-12-07T10:00:00Z") -> list:
+    return [{"timestamp": timestamp, "sampledValue": sampled}]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(older=SAMPLES, data=st.data())
+def test_a_superseding_meter_value_gives_again_every_reading_the_older_one_gave(older: list, data: st.DataObject) -> None:
+    """What holding readings relies on (ChargePoint.on_meter_values): reading the older one first changes nothing."""
+    newer = [dict(s, value=data.draw(VALUES)) if isinstance(s, dict) and data.draw(st.booleans()) else s for s in older]
+    if not supersedes(meter_value(newer), meter_value(older)):
+        return
+    unread: list = []
+    new_readings = parse_sampled_values(newer, unread)
+    if not unread:
+        assert {**parse_sampled_values(older), **new_readings} == new_readings
+
+
+@settings(max_examples=300, deadline=None)
+@given(sampled=SAMPLES)
+def test_unread_names_every_value_that_was_not_read(sampled: list) -> None:
+    """A sample of a kind we read whose value gave no reading is in ``unread``; an unknown kind is not."""
+    unread: list = []
+    readings = parse_sampled_values(sampled, unread)
+    assert parse_sampled_values(sampled) == readings
+    for sample in sampled:
+        if isinstance(sample, dict) and sample not in unread:
+            alone = parse_sampled_values([sample])
+            assert alone or parse_sampled_values([{**sample, "value": "1"}]) == {}, f"{sample} gave nothing and is not in unread"
+
+
+def test_supersedes_needs_the_same_kinds_in_order_and_a_time_not_older() -> None:
+    power, energy = sv("7000", "Power.Active.Import", "W"), sv("1000", "Energy.Active.Import.Register", "Wh")
+    older = meter_value([power, energy])
+    assert supersedes(meter_value([dict(power, value="7100"), dict(energy, value="1001")]), older)
+    assert not supersedes(meter_value([energy, power]), older)  # another order
+    assert not supersedes(meter_value([power]), older)  # fewer
+    assert not supersedes(meter_value([dict(power, unit="kW"), energy]), older)  # kW reads where W might not
+    assert not supersedes(meter_value([dict(power, phase="L1"), energy]), older)  # another key
+    assert not supersedes(meter_value([power, energy], "2026-12-07T09:59:59Z"), older)  # an older time: a replay
+    assert not supersedes(meter_value([power, energy], "soon"), older)
+    assert not supersedes(meter_value([power, energy]) * 2, older)  # two entries: read in time order
+    assert not supersedes({"timestamp": "2026-12-07T10:00:00Z", "sampledValue": [power, energy]}, older)
