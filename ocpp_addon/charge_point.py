@@ -193,15 +193,6 @@ def normalize_result(action: str, payload: dict[str, Any]) -> dict[str, Any] | N
     return fixed
 
 
-@dataclasses.dataclass(slots=True)
-class _HeldReadings:
-    """A MeterValues held back (ChargePoint.on_meter_values), with the ones of the same quantities it replaced."""
-
-    connector_id: int
-    meter_value: Any
-    superseded: list[Any] = dataclasses.field(default_factory=list)
-
-
 def meter_register(value: Any) -> float | None:
     """meterStart/meterStop (Wh; the schema says only "integer"): None beyond 1 TWh, where a float
     division of a 400-digit integer would raise on every later MeterValues of the transaction."""
@@ -262,7 +253,7 @@ class ChargePoint(_OcppChargePoint):
         # MeterValues faster than this are held and read together (the newest of each kind): see on_meter_values.
         self._readings_interval: float = config["mqtt"]["readings_interval"]
         self._readings_at = -math.inf  # loop time the readings were last read
-        self._held: list[_HeldReadings] = []
+        self._held: list[tuple[int, Any]] = []  # (connector id, meterValue) in the order they came
         self._held_handle: asyncio.TimerHandle | None = None
 
     # -- receive path -------------------------------------------------------
@@ -556,11 +547,13 @@ class ChargePoint(_OcppChargePoint):
 
         A charger reporting every few seconds is read at once, every time. One sending faster
         (a firmware in a loop, a closed-loop benchmark) is read once per interval, when the
-        interval ends: a MeterValues of the same quantities as the one held before it replaces
-        it unread (:func:`state.supersedes`), any other is kept, and all are read in the order
-        they came. Anything else the charger sends, and its leaving, reads what is held first, so
-        every other message sees the readings sent before it. Nothing shown changes: state
-        messages of readings go out at most once per interval anyway (homeassistant.py).
+        interval ends: a MeterValues that gives again every reading of the one held before it
+        replaces it unread (:func:`state.supersedes`), any other is kept, and all are read in the
+        order they came. Anything else the charger sends, and its leaving, reads what is held
+        first, so every other message sees the readings sent before it. Nothing shown changes:
+        state messages of readings go out at most once per interval anyway (homeassistant.py).
+        A replaced message is dropped at once: kept, thousands of them would live long enough
+        to make every garbage collection walk them.
         """
         interval = self._readings_interval
         if interval > 0:
@@ -568,12 +561,10 @@ class ChargePoint(_OcppChargePoint):
             now = loop.time()
             if self._held or now - self._readings_at < interval:
                 held = self._held
-                last = held[-1] if held else None
-                if last is not None and last.connector_id == connector_id and supersedes(meter_value, last.meter_value):
-                    last.superseded.append(last.meter_value)
-                    last.meter_value = meter_value
+                if held and held[-1][0] == connector_id and supersedes(meter_value, held[-1][1]):
+                    held[-1] = (connector_id, meter_value)
                 else:
-                    held.append(_HeldReadings(connector_id, meter_value))
+                    held.append((connector_id, meter_value))
                 if self._held_handle is None:
                     self._held_handle = loop.call_at(max(now, self._readings_at + interval), self.read_held_readings)
                 return _METER_VALUES_ANSWER
@@ -581,20 +572,17 @@ class ChargePoint(_OcppChargePoint):
         self._read_meter_values(connector_id, meter_value)
         return _METER_VALUES_ANSWER
 
-    def _read_meter_values(self, connector_id: int, meter_value: Any, unread: list[Any] | None = None) -> None:
+    def _read_meter_values(self, connector_id: int, meter_value: Any) -> None:
         # Samples older than the newest already applied for this connector are replays of a
         # charger's offline queue: acknowledged, but they must not overwrite live readings.
-        readings, newest = latest_meter_values(meter_value, self._newest_sample.get(connector_id), unread)
+        readings, newest = latest_meter_values(meter_value, self._newest_sample.get(connector_id))
         if newest is not None:
             self._newest_sample[connector_id] = newest
         if readings:
             self._apply_readings(readings, connector_id)
 
     def read_held_readings(self) -> None:
-        """Read the MeterValues held back by :meth:`on_meter_values`, in the order they came.
-
-        One that replaced others is read alone when every sample of it is readable; else the ones it
-        replaced are read before it, as if nothing had been held."""
+        """Read the MeterValues :meth:`on_meter_values` held back, in the order they came."""
         if self._held_handle is not None:
             self._held_handle.cancel()
             self._held_handle = None
@@ -602,24 +590,13 @@ class ChargePoint(_OcppChargePoint):
         if not held:
             return
         self._readings_at = asyncio.get_running_loop().time()
-        for entry in held:
+        if self.hub.connected.get(self.id) is not self:
+            return  # a newer connection of this charger took over: its frames count, not these
+        for connector_id, meter_value in held:
             try:
-                if not entry.superseded:
-                    self._read_meter_values(entry.connector_id, entry.meter_value)
-                    continue
-                newer_than = self._newest_sample.get(entry.connector_id)
-                unread: list[Any] = []
-                readings, newest = latest_meter_values(entry.meter_value, newer_than, unread)
-                if unread:  # it does not say all the older ones said: read them all, in order
-                    for meter_value in (*entry.superseded, entry.meter_value):
-                        self._read_meter_values(entry.connector_id, meter_value)
-                    continue
-                if newest is not None:
-                    self._newest_sample[entry.connector_id] = newest
-                if readings:
-                    self._apply_readings(readings, entry.connector_id)
-            except Exception:  # a bug of ours must not cost the other readings, nor the connection
-                _LOGGER.exception("%s: internal error while reading MeterValues of connector %s", self.id, entry.connector_id)
+                self._read_meter_values(connector_id, meter_value)
+            except Exception:  # a bug of ours must not cost the other readings
+                _LOGGER.exception("%s: internal error while reading MeterValues of connector %s", self.id, connector_id)
 
     def _apply_readings(self, readings: dict[str, float], connector_id: int = 0) -> None:
         state = self.state

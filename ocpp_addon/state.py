@@ -134,13 +134,23 @@ def parse_timestamp(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def parse_sampled_values(sampled: Iterable[Mapping[str, Any]], unread: list[Any] | None = None) -> dict[str, float]:
+def sample_number(value: Any) -> float | None:
+    """A sample's value as :func:`parse_sampled_values` reads it: a finite number, or None."""
+    if type(value) is str and len(value) <= 100 and value.isascii() and value.isprintable() and "_" not in value:
+        # parse_number's common case without the pattern: on printable ASCII without '_', float()
+        # takes what _NUMBER_RE takes plus nan/inf spellings, which isfinite refuses.
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if isfinite(number) else None
+    return parse_number(value)
+
+
+def parse_sampled_values(sampled: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """One meterValue's sampledValue list -> {sensor key: value in our units}.
 
-    Unknown measurands and units are skipped (logged at debug), never fatal; so is a value
-    that is not a finite number, and each such sample (or key, for a finite value times its
-    unit that is not) is appended to ``unread`` when given: a sample of the same kind may
-    carry a readable value next time, where an unknown kind never reads.
+    Unknown measurands and units are skipped (logged at debug), never fatal.
     Per-phase values get a suffix (``current_l1``). When a charger sends only
     per-phase values we derive the total: power is the sum, current the highest
     phase (what a limit in amps applies to), voltage the mean.
@@ -161,24 +171,9 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]], unread: list[Any]
                 _LOGGER.debug("skipping unknown measurand %r", measurand)
             continue
         value: Any = sample.get("value")
-        size = len(value) if type(value) is str else 101
-        if size <= 100 and value.isascii() and value.isprintable() and "_" not in value:
-            # parse_number's common case, inline and without the pattern: on printable ASCII without '_',
-            # float() takes what _NUMBER_RE takes plus nan/inf spellings, which isfinite refuses.
-            try:
-                number = float(value)
-            except ValueError:
-                number = math.inf
-            if not isfinite(number):
-                if unread is not None:
-                    unread.append(sample)
-                continue
-        else:
-            number = parse_number(value)  # type: ignore[assignment]
-            if number is None:
-                if unread is not None:
-                    unread.append(sample)
-                continue
+        number = sample_number(value)
+        if number is None:
+            continue
         full_key, factor, temperature_unit = reading
         # Some chargers repeat the Transaction.Begin reading inside every periodic sample:
         # a live reading of the same quantity wins over a session-boundary one.
@@ -189,7 +184,7 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]], unread: list[Any]
         elif from_boundary:
             from_boundary.discard(full_key)
         if temperature_unit is None:
-            if factor == 1.0 and size <= 7 and "e" not in value and "E" not in value:
+            if factor == 1.0 and type(value) is str and len(value) <= 7 and "e" not in value and "E" not in value:
                 # At most 7 characters and no exponent: at most 6 decimals and 7 digits, a decimal a double holds
                 # so exactly that round(number, 6) == number. round() costs ~0.3 µs, a third of reading a sample.
                 readings[full_key] = number
@@ -214,8 +209,6 @@ def parse_sampled_values(sampled: Iterable[Mapping[str, Any]], unread: list[Any]
     # "1e308" kW is a finite string but not a finite reading. Every value is finite when their sum is
     # (one sum in C instead of a test per value); an overflowing sum only sends us to the test per value.
     if not isfinite(sum(readings.values())):
-        if unread is not None:
-            unread.extend(k for k, v in readings.items() if not isfinite(v))
         readings = {k: v for k, v in readings.items() if isfinite(v)}
     return readings
 
@@ -261,11 +254,8 @@ def parse_meter_values(meter_value: Any, newer_than: datetime | None = None) -> 
     return latest_meter_values(meter_value, newer_than)[0]
 
 
-def latest_meter_values(meter_value: Any, newer_than: datetime | None = None,
-                        unread: list[Any] | None = None) -> tuple[dict[str, float], datetime | None]:
-    """Like :func:`parse_meter_values`, also returning the newest sample time (future times count as now).
-
-    Samples that could not be read are appended to ``unread`` when given (:func:`parse_sampled_values`)."""
+def latest_meter_values(meter_value: Any, newer_than: datetime | None = None) -> tuple[dict[str, float], datetime | None]:
+    """Like :func:`parse_meter_values`, also returning the newest sample time (future times count as now)."""
     if isinstance(meter_value, dict):
         meter_value = [meter_value]
     if not isinstance(meter_value, list):
@@ -280,7 +270,7 @@ def latest_meter_values(meter_value: Any, newer_than: datetime | None = None,
             moment = now
         if newer_than is not None and moment is not None and moment < newer_than:
             return {}, None
-        return parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or [], unread), moment
+        return parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or []), moment
     dated = []
     for entry in meter_value:
         if isinstance(entry, dict):
@@ -292,20 +282,24 @@ def latest_meter_values(meter_value: Any, newer_than: datetime | None = None,
     for moment, entry in dated:
         if newer_than is not None and moment is not None and moment < newer_than:
             continue
-        readings.update(parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or [], unread))
+        readings.update(parse_sampled_values(entry.get("sampled_value") or entry.get("sampledValue") or []))
         if moment is not None:
             newest = moment
     return readings, newest
 
 
+#: A value beyond this may overflow when scaled to our unit (kW -> W multiplies by 1000): read, not replaced.
+_SAFE_MAGNITUDE = 1e300
+
+
 def supersedes(newer: Any, older: Any) -> bool:
     """Whether reading MeterValues ``older`` and then ``newer`` leaves what reading ``newer`` alone leaves.
 
-    True when each carries one meterValue, ``newer`` is not older, and its samples are of the same
-    kinds in the same order (measurand, phase and unit, which decide a reading's key and whether
-    it reads at all): every reading ``older`` gives, ``newer`` gives again, provided each value of
-    ``newer`` is a number, which only reading it tells (:func:`latest_meter_values`' ``unread``).
-    Cheaper than reading ``older``: no value converted, no key looked up.
+    True when each carries one meterValue, ``newer`` is not older, its samples are of the same
+    kinds in the same order (measurand, phase and unit decide a reading's key and whether it reads
+    at all) and each of its values reads as a number: then every reading ``older`` gives, ``newer``
+    gives again. False whenever in doubt (then both are read). Cheaper than reading ``older``: no
+    key looked up, no reading stored.
     """
     if type(newer) is not list or type(older) is not list or len(newer) != 1 or len(older) != 1:
         return False
@@ -320,6 +314,9 @@ def supersedes(newer: Any, older: Any) -> bool:
         if (type(new_sample) is not dict or type(old_sample) is not dict
                 or new_sample.get("measurand") != old_sample.get("measurand") or new_sample.get("phase") != old_sample.get("phase")
                 or new_sample.get("unit") != old_sample.get("unit")):
+            return False
+        number = sample_number(new_sample.get("value"))
+        if number is None or not -_SAFE_MAGNITUDE <= number <= _SAFE_MAGNITUDE:
             return False
     new_moment, old_moment = parse_timestamp(new_entry.get("timestamp")), parse_timestamp(old_entry.get("timestamp"))
     return new_moment is not None and old_moment is not None and new_moment >= old_moment

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .conftest import MqttProbe, Service
+from .test_reliability import wait_until
 from .test_untrusted_values import BOOT_16, RawCharger, now
 
 CID = "wallbox-1"
@@ -115,3 +116,22 @@ async def test_held_readings_are_read_when_the_charger_leaves(service_factory: A
     await charger.close()
     await probe.wait_for(f"ocpp/{CID}/availability", lambda payload: payload == b"offline", since=mark)
     assert service.app.hub.states[CID].readings["power"] == 4321.0
+
+
+async def test_readings_held_by_a_replaced_connection_are_dropped(service_factory: Any) -> None:
+    """Two connections never write into one charger: the old one's held readings do not overwrite the new one's."""
+    service, old = await booted(service_factory)
+    old_cp = service.app.hub.connected[CID]
+    assert (await old.call("MeterValues", power("777")))[0] == 3  # held
+    old.ws.transport.pause_reading()  # it does not see the service closing it: its connection ends when we say
+    new = await RawCharger.connect(service, CID)
+    try:
+        assert (await new.call("BootNotification", BOOT_16))[0] == 3
+        assert (await new.call("MeterValues", power("888")))[0] == 3  # its first: read at once
+        assert service.app.hub.states[CID].readings["power"] == 888.0
+        old.ws.transport.resume_reading()  # now the old connection closes, and what it held is let go
+        await wait_until(lambda: not old_cp._held, what="the old connection let go of its readings")
+        assert service.app.hub.states[CID].readings["power"] == 888.0
+    finally:
+        await new.close()
+        await old.close()
