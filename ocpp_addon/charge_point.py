@@ -58,12 +58,13 @@ from .profiles import Attempt, convert_limit, limit_now, profile_id
 from .state import (
     CAPABILITY_KEYS,
     ChargerState,
+    kinds_supersede,
     latest_meter_values,
     parse_configuration,
     parse_meter_values,
     parse_number,
     parse_timestamp,
-    supersedes,
+    reading_kinds,
     utc_now_iso,
 )
 
@@ -253,7 +254,7 @@ class ChargePoint(_OcppChargePoint):
         # MeterValues faster than this are held and read together (the newest of each kind): see on_meter_values.
         self._readings_interval: float = config["mqtt"]["readings_interval"]
         self._readings_at = -math.inf  # loop time the readings were last read
-        self._held: list[tuple[int, Any]] = []  # (connector id, meterValue) in the order they came
+        self._held: list[tuple[int, Any, Any]] = []  # (connector id, meterValue, its reading_kinds) in the order they came
         self._held_handle: asyncio.TimerHandle | None = None
 
     # -- receive path -------------------------------------------------------
@@ -548,12 +549,13 @@ class ChargePoint(_OcppChargePoint):
         A charger reporting every few seconds is read at once, every time. One sending faster
         (a firmware in a loop, a closed-loop benchmark) is read once per interval, when the
         interval ends: a MeterValues that gives again every reading of the one held before it
-        replaces it unread (:func:`state.supersedes`), any other is kept, and all are read in the
-        order they came. Anything else the charger sends, and its leaving, reads what is held
-        first, so every other message sees the readings sent before it. Nothing shown changes:
-        state messages of readings go out at most once per interval anyway (homeassistant.py).
-        A replaced message is dropped at once: kept, thousands of them would live long enough
-        to make every garbage collection walk them.
+        replaces it unread (:func:`state.supersedes`, decided on the kinds kept beside the held
+        one, so that its samples, long gone from the CPU's caches, are not touched again), any
+        other is kept, and all are read in the order they came. Anything else the charger sends,
+        and its leaving, reads what is held first, so every other message sees the readings sent
+        before it. Nothing shown changes: state messages of readings go out at most once per
+        interval anyway (homeassistant.py). A replaced message is dropped at once: kept, thousands
+        of them would live long enough to make every garbage collection walk them.
         """
         interval = self._readings_interval
         if interval > 0:
@@ -561,10 +563,12 @@ class ChargePoint(_OcppChargePoint):
             now = loop.time()
             if self._held or now - self._readings_at < interval:
                 held = self._held
-                if held and held[-1][0] == connector_id and supersedes(meter_value, held[-1][1]):
-                    held[-1] = (connector_id, meter_value)
+                kinds = reading_kinds(meter_value)
+                last = held[-1] if held else None
+                if last is not None and last[0] == connector_id and kinds_supersede(kinds, last[2]):
+                    held[-1] = (connector_id, meter_value, kinds)  # it gives every reading the held one gives
                 else:
-                    held.append((connector_id, meter_value))
+                    held.append((connector_id, meter_value, kinds))
                 if self._held_handle is None:
                     self._held_handle = loop.call_at(max(now, self._readings_at + interval), self.read_held_readings)
                 return _METER_VALUES_ANSWER
@@ -592,7 +596,7 @@ class ChargePoint(_OcppChargePoint):
         self._readings_at = asyncio.get_running_loop().time()
         if self.hub.connected.get(self.id) is not self:
             return  # a newer connection of this charger took over: its frames count, not these
-        for connector_id, meter_value in held:
+        for connector_id, meter_value, _ in held:
             try:
                 self._read_meter_values(connector_id, meter_value)
             except Exception:  # a bug of ours must not cost the other readings

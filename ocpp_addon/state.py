@@ -292,34 +292,51 @@ def latest_meter_values(meter_value: Any, newer_than: datetime | None = None) ->
 _SAFE_MAGNITUDE = 1e300
 
 
+def reading_kinds(meter_value: Any) -> tuple[tuple[Any, ...], datetime] | None:
+    """What a MeterValues' ``meterValue`` would be read as, to compare it with another: how each sample
+    reads (its key, factor and unit, as :func:`parse_sampled_values` resolves them), in order, and
+    its time; None when it cannot stand for another (not one entry, no time, a value that is not a
+    number).
+
+    Of two with equal kinds, the later gives every reading the earlier gives (:func:`supersedes`).
+    Only the new message is looked at: the kinds of the held one are kept beside it, a tuple of
+    the resolver's cached tuples compared by identity, so comparing touches no memory gone cold.
+    """
+    if type(meter_value) is not list or len(meter_value) != 1:
+        return None
+    entry = meter_value[0]
+    if type(entry) is not dict:
+        return None
+    sampled = entry.get("sampledValue")
+    if type(sampled) is not list:
+        return None
+    kinds = []
+    for sample in sampled:
+        if type(sample) is not dict:
+            return None
+        number = sample_number(sample.get("value"))
+        if number is None or not -_SAFE_MAGNITUDE <= number <= _SAFE_MAGNITUDE:
+            return None
+        measurand, unit, phase = sample.get("measurand") or DEFAULT_MEASURAND, sample.get("unit"), sample.get("phase")
+        kinds.append(_reading(measurand, unit, phase) or (measurand, unit, phase))  # unknown kinds: as sent
+    moment = parse_timestamp(entry.get("timestamp"))
+    return None if moment is None else (tuple(kinds), moment)
+
+
 def supersedes(newer: Any, older: Any) -> bool:
     """Whether reading MeterValues ``older`` and then ``newer`` leaves what reading ``newer`` alone leaves.
 
-    True when each carries one meterValue, ``newer`` is not older, its samples are of the same
-    kinds in the same order (measurand, phase and unit decide a reading's key and whether it reads
-    at all) and each of its values reads as a number: then every reading ``older`` gives, ``newer``
-    gives again. False whenever in doubt (then both are read). Cheaper than reading ``older``: no
-    key looked up, no reading stored.
+    True when each carries one meterValue, ``newer`` is not older, its samples read as the same
+    kinds in the same order (the same keys, factors and units) and each of their values is a number:
+    then every reading ``older`` gives, ``newer`` gives again. False whenever in doubt (then both
+    are read).
     """
-    if type(newer) is not list or type(older) is not list or len(newer) != 1 or len(older) != 1:
-        return False
-    new_entry, old_entry = newer[0], older[0]
-    if type(new_entry) is not dict or type(old_entry) is not dict:
-        return False
-    new_samples = new_entry.get("sampledValue")
-    old_samples = old_entry.get("sampledValue")
-    if type(new_samples) is not list or type(old_samples) is not list or len(new_samples) != len(old_samples):
-        return False
-    for new_sample, old_sample in zip(new_samples, old_samples):
-        if (type(new_sample) is not dict or type(old_sample) is not dict
-                or new_sample.get("measurand") != old_sample.get("measurand") or new_sample.get("phase") != old_sample.get("phase")
-                or new_sample.get("unit") != old_sample.get("unit")):
-            return False
-        number = sample_number(new_sample.get("value"))
-        if number is None or not -_SAFE_MAGNITUDE <= number <= _SAFE_MAGNITUDE:
-            return False
-    new_moment, old_moment = parse_timestamp(new_entry.get("timestamp")), parse_timestamp(old_entry.get("timestamp"))
-    return new_moment is not None and old_moment is not None and new_moment >= old_moment
+    return kinds_supersede(reading_kinds(newer), reading_kinds(older))
+
+
+def kinds_supersede(newer: tuple[tuple[Any, ...], datetime] | None, older: tuple[tuple[Any, ...], datetime] | None) -> bool:
+    """:func:`supersedes` on what :func:`reading_kinds` made of each."""
+    return newer is not None and older is not None and newer[0] == older[0] and newer[1] >= older[1]
 
 
 def utc_now_iso() -> str:
