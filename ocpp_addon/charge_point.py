@@ -549,7 +549,7 @@ class ChargePoint(_OcppChargePoint):
         A charger reporting every few seconds is read at once, every time. One sending faster
         (a firmware in a loop, a closed-loop benchmark) is read once per interval, when the
         interval ends: a MeterValues that gives again every reading of the one held before it
-        replaces it unread (:func:`state.supersedes`, decided on the kinds kept beside the held
+        replaces it unread (:func:`state.kinds_supersede`, decided on the kinds kept beside the held
         one, so that its samples, long gone from the CPU's caches, are not touched again), any
         other is kept, and all are read in the order they came. Anything else the charger sends,
         and its leaving, reads what is held first, so every other message sees the readings sent

@@ -298,7 +298,7 @@ def reading_kinds(meter_value: Any) -> tuple[tuple[Any, ...], datetime] | None:
     its time; None when it cannot stand for another (not one entry, no time, a value that is not a
     number).
 
-    Of two with equal kinds, the later gives every reading the earlier gives (:func:`supersedes`).
+    Of two with equal kinds, the later gives every reading the earlier gives (:func:`kinds_supersede`).
     Only the new message is looked at: the kinds of the held one are kept beside it, a tuple of
     the resolver's cached tuples compared by identity, so comparing touches no memory gone cold.
     """
@@ -323,19 +323,12 @@ def reading_kinds(meter_value: Any) -> tuple[tuple[Any, ...], datetime] | None:
     return None if moment is None else (tuple(kinds), moment)
 
 
-def supersedes(newer: Any, older: Any) -> bool:
-    """Whether reading MeterValues ``older`` and then ``newer`` leaves what reading ``newer`` alone leaves.
-
-    True when each carries one meterValue, ``newer`` is not older, its samples read as the same
-    kinds in the same order (the same keys, factors and units) and each of their values is a number:
-    then every reading ``older`` gives, ``newer`` gives again. False whenever in doubt (then both
-    are read).
-    """
-    return kinds_supersede(reading_kinds(newer), reading_kinds(older))
-
-
 def kinds_supersede(newer: tuple[tuple[Any, ...], datetime] | None, older: tuple[tuple[Any, ...], datetime] | None) -> bool:
-    """:func:`supersedes` on what :func:`reading_kinds` made of each."""
+    """Whether reading the MeterValues of ``older`` kinds and then those of ``newer`` leaves what reading ``newer`` alone leaves.
+
+    True when both could be compared (:func:`reading_kinds`), their samples read as the same kinds in
+    the same order and ``newer`` is not older: every reading ``older`` gives, ``newer`` gives again.
+    False whenever in doubt (then both are read)."""
     return newer is not None and older is not None and newer[0] == older[0] and newer[1] >= older[1]
 
 

@@ -20,11 +20,8 @@ from .test_untrusted_values import BOOT_16, RawCharger, now
 CID = "wallbox-1"
 
 
-def sample(value: str, measurand: str, unit: str, phase: str | None = None) -> dict[str, Any]:
-    found = {"value": value, "measurand": measurand, "unit": unit, "context": "Sample.Periodic"}
-    if phase:
-        found["phase"] = phase
-    return found
+def sample(value: str, measurand: str, unit: str) -> dict[str, Any]:
+    return {"value": value, "measurand": measurand, "unit": unit, "context": "Sample.Periodic"}
 
 
 def meter_values(*samples: dict[str, Any], timestamp: str | None = None) -> dict[str, Any]:

@@ -15,11 +15,12 @@ from ocpp_addon.state import (
     MEASURANDS,
     _convert,
     _phase_suffix,
+    kinds_supersede,
     parse_meter_values,
     parse_number,
     parse_sampled_values,
     parse_timestamp,
-    supersedes,
+    reading_kinds,
 )
 
 
@@ -190,6 +191,11 @@ def test_values_that_need_rounding_are_rounded(value: str) -> None:
     """Values of up to 7 characters are read without round() unless an exponent or a 7th decimal needs it."""
     sampled = [{"value": value, "measurand": "Current.Import"}, {"value": value, "measurand": "Power.Active.Import", "unit": "W"}]
     assert parse_sampled_values(sampled) == reference_parse_sampled_values(sampled)
+
+
+def supersedes(newer: Any, older: Any) -> bool:
+    """Whether reading MeterValues ``older`` and then ``newer`` may be left to reading ``newer`` alone."""
+    return kinds_supersede(reading_kinds(newer), reading_kinds(older))
 
 
 def meter_value(sampled: list, timestamp: str = "2026-12-07T10:00:00Z") -> list:
